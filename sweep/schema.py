@@ -8,6 +8,7 @@ Both are typed explicitly: pandas alone would write all-None columns as Arrow `n
 from __future__ import annotations
 
 import dataclasses
+
 import pyarrow as pa
 
 from trainables.config import TrialConfig
