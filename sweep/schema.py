@@ -12,7 +12,7 @@ import dataclasses
 import pyarrow as pa
 
 from trainables.config import TrialConfig
-from trainables.metrics import EPOCH_LISTS, EPOCH_SCALARS
+from trainables.history import EPOCH_ROW_SCHEMA
 
 SCHEMA_VERSION = 1
 
@@ -64,17 +64,7 @@ RUNS_SCHEMA = pa.schema(
     ]
 )
 
-EPOCHS_SCHEMA = pa.schema(
-    [pa.field("config_hash", pa.string(), nullable=False), pa.field("stage", pa.string(), nullable=False)]
-    + [pa.field(name, pa.int64() if name == "epoch" else pa.float64()) for name in EPOCH_SCALARS]
-    + [pa.field(name, pa.list_(pa.float64())) for name in EPOCH_LISTS]
-    + [
-        # SoLar only (null for the CORR family): Sinkhorn marginal residuals and the reliable share.
-        pa.field("sinkhorn_row_residual", pa.float64()),
-        pa.field("sinkhorn_col_residual", pa.float64()),
-        pa.field("reliable_frac", pa.float64()),
-    ]
-)
+EPOCHS_SCHEMA = EPOCH_ROW_SCHEMA  # one row per (cell, stage, epoch); defined beside the run's own record
 
 # Stage names in epochs.parquet: 'train' for the CORR family and SoLar's final stage, 'estimate' for SoLar's
 # prior pre-estimation stage (its epochs restart at 0 in 'train').

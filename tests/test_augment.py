@@ -1,0 +1,387 @@
+"""Properties of the weak/strong views, Cutout, the RandAugment table, normalisation and per-sample seeding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms as T
+from PIL import Image, ImageDraw
+
+from trainables.data import augment as A
+
+
+def _random_images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+
+
+def _filled_box(before: np.ndarray, after: np.ndarray) -> tuple[int, int, int, int] | None:
+    """End-exclusive (x0, y0, x1, y1) bounding box of the changed pixels, checking it is a solid rectangle."""
+    changed = np.any(before != after, axis=2)
+    if not changed.any():
+        return None
+    ys, xs = np.nonzero(changed)
+    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+    assert changed[y0:y1, x0:x1].all(), "Cutout must fill a solid rectangle"
+    assert changed.sum() == (x1 - x0) * (y1 - y0)
+    return int(x0), int(y0), int(x1), int(y1)
+
+
+# ------------------------------------------------------------------------------------------------ normalisation
+
+
+@pytest.mark.parametrize(
+    ("dataset", "split", "faithful", "expected"),
+    [
+        ("cifar10", "train", False, (A.CIFAR10_MEAN, A.CIFAR10_STD)),
+        ("cifar10", "train", True, (A.CIFAR10_MEAN, A.CIFAR10_STD)),
+        ("cifar10", "test", False, (A.CIFAR10_MEAN, A.CIFAR10_STD)),
+        ("cifar10", "test", True, (A.CIFAR100_MEAN, A.CIFAR100_STD)),
+        ("cifar100", "train", False, (A.CIFAR100_MEAN, A.CIFAR100_STD)),
+        ("cifar100", "train", True, (A.CIFAR100_MEAN, A.CIFAR100_STD)),
+        ("cifar100", "test", False, (A.CIFAR100_MEAN, A.CIFAR100_STD)),
+        ("cifar100", "test", True, (A.CIFAR100_MEAN, A.CIFAR100_STD)),
+    ],
+)
+def test_normalization_statistics(dataset, split, faithful, expected):
+    assert A.normalization(dataset, split, faithful_test_norm=faithful) == expected
+
+
+def test_normalization_constants_match_spec():
+    assert A.CIFAR10_MEAN == (0.4914, 0.4822, 0.4465)
+    assert A.CIFAR10_STD == (0.247, 0.243, 0.261)
+    assert A.CIFAR100_MEAN == (0.5071, 0.4867, 0.4408)
+    assert A.CIFAR100_STD == (0.2675, 0.2565, 0.2761)
+
+
+@pytest.mark.parametrize(("dataset", "split"), [("svhn", "train"), ("cifar10", "val")])
+def test_normalization_rejects_unknown_names(dataset, split):
+    with pytest.raises(ValueError):
+        A.normalization(dataset, split)
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
+def test_normalize_is_bit_identical_to_torchvision(dataset):
+    mean, std = A.normalization(dataset, "train")
+    images = _random_images(6, seed=3)
+    reference = torch.stack([T.Compose([T.ToTensor(), T.Normalize(mean, std)])(Image.fromarray(x)) for x in images])
+    batch = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    out = A.normalize(batch, mean, std)
+    assert out.dtype == torch.float32 and out.shape == (6, 3, 32, 32)
+    assert torch.equal(out, reference)
+    assert torch.equal(batch, torch.from_numpy(images).permute(0, 3, 1, 2)), "input must not be modified"
+
+
+def test_normalize_rejects_float_input():
+    with pytest.raises(TypeError):
+        A.normalize(torch.zeros(1, 3, 32, 32), A.CIFAR10_MEAN, A.CIFAR10_STD)
+
+
+# ------------------------------------------------------------------------------------------ seeding, determinism
+
+
+def test_sample_rng_is_seed_sequence_of_the_triple():
+    assert np.array_equal(A.sample_rng(7, 2, 5).random(4), np.random.default_rng([7, 2, 5]).random(4))
+    assert not np.array_equal(A.sample_rng(7, 2, 5).random(4), A.sample_rng(7, 5, 2).random(4))
+
+
+def test_dataset_item_shapes_and_dtypes():
+    images = _random_images(4)
+    dataset = A.TwoViewDataset(images, seed=0)
+    assert len(dataset) == 4
+    assert dataset.images is images
+    weak, strong, index = dataset[(3, 2)]
+    for view in (weak, strong):
+        assert view.dtype == torch.uint8 and view.shape == (3, 32, 32) and view.is_contiguous()
+    assert index == 2 and isinstance(index, int)
+
+
+def test_dataset_rejects_wrong_image_array():
+    with pytest.raises(ValueError):
+        A.TwoViewDataset(np.zeros((2, 32, 32, 3), dtype=np.float32), seed=0)
+    with pytest.raises(ValueError):
+        A.TwoViewDataset(np.zeros((2, 3, 32, 32), dtype=np.uint8), seed=0)
+
+
+def test_same_key_gives_identical_views_regardless_of_call_history():
+    images = _random_images(20)
+    first = A.TwoViewDataset(images, seed=11)
+    second = A.TwoViewDataset(images, seed=11)
+    for _ in range(5):
+        second[(9, 0)]  # drawing other samples first must not change anything
+    for index in range(20):
+        a, b = first[(4, index)], second[(4, index)]
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] == b[2]
+
+
+def _fraction_different(dataset_a, key_a, dataset_b, key_b, n):
+    differ_weak = differ_strong = 0
+    for index in range(n):
+        a, b = dataset_a[(key_a, index)], dataset_b[(key_b, index)]
+        differ_weak += not torch.equal(a[0], b[0])
+        differ_strong += not torch.equal(a[1], b[1])
+    return differ_weak / n, differ_strong / n
+
+
+def test_different_epoch_or_seed_gives_different_views():
+    images = _random_images(20)
+    seed0, seed1 = A.TwoViewDataset(images, seed=0), A.TwoViewDataset(images, seed=1)
+    assert min(_fraction_different(seed0, 0, seed0, 1, 20)) >= 0.9
+    assert min(_fraction_different(seed0, 0, seed1, 0, 20)) >= 0.9
+
+
+def test_weak_and_strong_views_differ():
+    dataset = A.TwoViewDataset(_random_images(10), seed=0)
+    assert sum(not torch.equal(*dataset[(0, i)][:2]) for i in range(10)) >= 9
+
+
+def test_dataloader_batches_do_not_depend_on_worker_count():
+    dataset = A.TwoViewDataset(_random_images(12, seed=5), seed=3)
+    keys = [(epoch, int(index)) for epoch in (0, 1) for index in np.random.default_rng(epoch).permutation(12)]
+
+    def batches(num_workers):
+        loader = torch.utils.data.DataLoader(dataset, batch_size=5, sampler=keys, num_workers=num_workers)
+        return list(loader)
+
+    serial, parallel = batches(0), batches(2)
+    assert len(serial) == len(parallel) == 5
+    for (weak_a, strong_a, index_a), (weak_b, strong_b, index_b) in zip(serial, parallel):
+        assert torch.equal(weak_a, weak_b) and torch.equal(strong_a, strong_b) and torch.equal(index_a, index_b)
+        assert weak_a.dtype == torch.uint8 and weak_a.shape[1:] == (3, 32, 32)
+    assert torch.cat([batch[2] for batch in serial]).tolist() == [index for _, index in keys]
+
+
+# ------------------------------------------------------------------------------------------------------ weak view
+
+
+def test_random_resized_crop_box_stays_inside_and_respects_scale_and_ratio():
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        top, left, height, width = A._random_resized_crop_box(32, 32, rng)
+        assert 0 <= top and top + height <= 32 and 0 <= left and left + width <= 32
+        # Rounding w and h to integers widens the bounds a little on 32x32.
+        assert 0.2 * 1024 * 0.85 <= height * width <= 1024
+        assert 0.75 * 0.85 <= width / height <= 4 / 3 / 0.85
+
+
+def test_random_resized_crop_falls_back_to_the_central_crop_like_torchvision():
+    # On a 100x10 image every try needs h > 10, so all 10 tries fail; torchvision then returns this crop.
+    assert A._random_resized_crop_box(100, 10, np.random.default_rng(0)) == (0, 43, 10, 13)
+    assert A._random_resized_crop_box(10, 100, np.random.default_rng(0)) == (43, 0, 13, 10)
+
+
+def test_weak_view_flips_about_half_the_time():
+    # A left-to-right gray ramp: jitter keeps gray gray and the ramp increasing, so only a flip reverses it.
+    ramp = np.repeat(np.repeat((np.arange(32, dtype=np.uint8) * 8)[None, :, None], 32, axis=0), 3, axis=2)
+    img = Image.fromarray(ramp)
+    flips = 0
+    draws = 400
+    for k in range(draws):
+        view = np.asarray(A.weak_view(img, np.random.default_rng([1, k])), dtype=np.float64)
+        flips += view[:, :8].mean() > view[:, -8:].mean()
+    assert 0.4 <= flips / draws <= 0.6
+
+
+def test_weak_view_grayscale_about_a_fifth_of_the_time():
+    img = Image.fromarray(_random_images(1, seed=9)[0])
+    gray = 0
+    draws = 400
+    for k in range(draws):
+        view = np.asarray(A.weak_view(img, np.random.default_rng([2, k])))
+        assert view.shape == (32, 32, 3)
+        gray += bool((view[..., 0] == view[..., 1]).all() and (view[..., 1] == view[..., 2]).all())
+    assert 0.12 <= gray / draws <= 0.28
+
+
+# ------------------------------------------------------------------------------------------------- RandAugment
+
+SPEC_RANGES = {
+    "Brightness": (0.05, 0.95),
+    "Color": (0.05, 0.95),
+    "Contrast": (0.05, 0.95),
+    "Sharpness": (0.05, 0.95),
+    "Posterize": (4.0, 8.0),
+    "Rotate": (-30.0, 30.0),
+    "ShearX": (-0.3, 0.3),
+    "ShearY": (-0.3, 0.3),
+    "TranslateX": (-0.3, 0.3),
+    "TranslateY": (-0.3, 0.3),
+    "Solarize": (0.0, 256.0),
+}
+SPEC_OP_NAMES = {
+    "AutoContrast", "Brightness", "Color", "Contrast", "Equalize", "Identity", "Posterize", "Rotate", "Sharpness",
+    "ShearX", "ShearY", "Solarize", "TranslateX", "TranslateY",
+}
+
+
+def test_randaugment_table_is_the_specified_fourteen_ops():
+    names = [op.name for op in A.RANDAUGMENT_OPS]
+    assert len(names) == 14 and set(names) == SPEC_OP_NAMES
+    for op in A.RANDAUGMENT_OPS:
+        if op.name in SPEC_RANGES:
+            assert (op.low, op.high) == SPEC_RANGES[op.name]
+    assert A.NUM_RANDAUGMENT_OPS == 3
+
+
+@pytest.mark.parametrize("op", A.RANDAUGMENT_OPS, ids=lambda op: op.name)
+def test_each_randaugment_op_returns_a_32x32_rgb_image(op):
+    img = Image.fromarray(_random_images(1, seed=4)[0])
+    rng = np.random.default_rng(0)
+    for magnitude in [op.low, np.nextafter(op.high, op.low), *rng.uniform(op.low, op.high, size=5)]:
+        out = op.apply(img, float(magnitude))
+        assert out.mode == "RGB" and out.size == (32, 32)
+
+
+def _op(name):
+    return next(op for op in A.RANDAUGMENT_OPS if op.name == name)
+
+
+def test_randaugment_ops_do_what_their_names_say():
+    pixels = _random_images(1, seed=6)[0]
+    img = Image.fromarray(pixels)
+    assert np.array_equal(np.asarray(_op("Identity").apply(img, 0.5)), pixels)
+    assert np.array_equal(np.asarray(_op("Solarize").apply(img, 0.0)), 255 - pixels)
+    assert np.array_equal(np.asarray(_op("Solarize").apply(img, 256.0)), pixels)
+    assert np.asarray(_op("Brightness").apply(img, 0.5)).mean() < pixels.mean() * 0.6
+    # A quarter-width translation moves content 8 px to the left and fills with black.
+    shifted = np.asarray(_op("TranslateX").apply(img, 0.25))
+    assert np.array_equal(shifted[:, :24], pixels[:, 8:]) and not shifted[:, 24:].any()
+    shifted = np.asarray(_op("TranslateY").apply(img, -0.25))
+    assert np.array_equal(shifted[8:], pixels[:24]) and not shifted[:8].any()
+    for magnitude in np.random.default_rng(1).uniform(4.0, 8.0, size=20):
+        dropped_bits = 8 - int(magnitude)
+        assert 1 <= dropped_bits <= 4
+        posterized = np.asarray(_op("Posterize").apply(img, float(magnitude)))
+        assert not (posterized & ((1 << dropped_bits) - 1)).any()
+
+
+def test_rand_augment_draws_three_ops_with_replacement_and_magnitudes_in_range(monkeypatch):
+    calls: list[list[tuple[int, float]]] = [[]]
+
+    def recorder(op_index):
+        def apply(img, magnitude):
+            calls[-1].append((op_index, magnitude))
+            return img
+
+        return apply
+
+    recording = tuple(op._replace(apply=recorder(i)) for i, op in enumerate(A.RANDAUGMENT_OPS))
+    monkeypatch.setattr(A, "RANDAUGMENT_OPS", recording)
+    img = Image.new("RGB", (32, 32))
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        A._rand_augment(img, rng)
+        calls.append([])
+    calls.pop()
+    assert all(len(call) == 3 for call in calls)
+    assert {index for call in calls for index, _ in call} == set(range(14))
+    assert any(len({index for index, _ in call}) < 3 for call in calls), "ops are drawn with replacement"
+    for call in calls:
+        for index, magnitude in call:
+            assert recording[index].low <= magnitude < recording[index].high
+    posterize = next(i for i, op in enumerate(recording) if op.name == "Posterize")
+    assert {int(m) for call in calls for index, m in call if index == posterize} == {4, 5, 6, 7}
+
+
+# ------------------------------------------------------------------------------------------------------- Cutout
+
+
+def _constant_image() -> Image.Image:
+    return Image.new("RGB", (32, 32), (10, 200, 40))
+
+
+@pytest.mark.parametrize("faithful", [False, True])
+def test_cutout_fills_one_rectangle_with_the_fill_colour(faithful):
+    img = _constant_image()
+    before = np.asarray(img).copy()
+    for k in range(200):
+        after = np.asarray(A._cutout(img, np.random.default_rng([3, k]), faithful))
+        box = _filled_box(before, after)
+        if box is not None:
+            x0, y0, x1, y1 = box
+            assert (after[y0:y1, x0:x1] == A.CUTOUT_FILL).all()
+    assert np.array_equal(np.asarray(img), before), "the input image must not be modified"
+
+
+def test_cutout_fix_mode_box_has_side_floor_of_l_clipped_at_the_far_border():
+    img = _constant_image()
+    before = np.asarray(img)
+    clipped = unclipped = 0
+    for k in range(400):
+        side = np.random.default_rng([4, k]).random() * 0.5 * 32  # Cutout's first draw is its side
+        box = _filled_box(before, np.asarray(A._cutout(img, np.random.default_rng([4, k]), faithful=False)))
+        if int(side) == 0:
+            assert box is None
+            continue
+        x0, y0, x1, y1 = box
+        assert 0 <= x0 < x1 <= 32 and 0 <= y0 < y1 <= 32
+        assert x1 - x0 == min(int(side), 32 - x0) and y1 - y0 == min(int(side), 32 - y0)
+        clipped += x0 + int(side) > 32
+        unclipped += x1 - x0 == int(side)
+    assert clipped > 0 and unclipped > 0
+
+
+def test_cutout_faithful_mode_box_is_end_inclusive():
+    img = _constant_image()
+    before = np.asarray(img)
+    inclusive = 0
+    for k in range(400):
+        side = np.random.default_rng([5, k]).random() * 0.5 * 32
+        x0, y0, x1, y1 = _filled_box(before, np.asarray(A._cutout(img, np.random.default_rng([5, k]), faithful=True)))
+        for corner, end in ((x0, x1), (y0, y1)):
+            if corner + side < 32:
+                assert end - corner == int(side) + 1
+                inclusive += 1
+            else:
+                assert end == 32
+    assert inclusive > 0
+
+
+def test_cutout_faithful_mode_matches_the_reference_procedure():
+    """A literal transcription of the reference's CutoutAbs, fed the same draws."""
+    pixels = _random_images(1, seed=8)[0]
+    img = Image.fromarray(pixels)
+    for k in range(200):
+        draws = np.random.default_rng([6, k])
+        side = draws.random() * 0.5 * 32
+        x = 32.0 + (1.0 - 32.0) * draws.random()  # np.random.uniform(32): low=32, high=1
+        y = 32.0 + (1.0 - 32.0) * draws.random()
+        x0, y0 = int(max(0, x - side / 2.0)), int(max(0, y - side / 2.0))
+        expected = img.copy()
+        ImageDraw.Draw(expected).rectangle((x0, y0, min(32, x0 + side), min(32, y0 + side)), A.CUTOUT_FILL)
+        actual = A._cutout(img, np.random.default_rng([6, k]), faithful=True)
+        assert np.array_equal(np.asarray(actual), np.asarray(expected))
+
+
+@pytest.mark.parametrize("faithful", [False, True])
+def test_cutout_centre_ranges(faithful):
+    rng = np.random.default_rng(0)
+    centres = np.array([A._cutout_centre(rng, faithful) for _ in range(2000)])
+    if faithful:
+        assert centres.min() > 1.0 and centres.max() <= 32.0 and centres.min() < 1.1
+    else:
+        assert centres.min() >= 0.0 and centres.max() < 32.0 and centres.min() < 0.1
+    assert centres.max() > 31.9
+
+
+def test_cutout_box_fix_mode_is_inside_the_image():
+    rng = np.random.default_rng(1)
+    for _ in range(2000):
+        side, cx, cy = rng.uniform(0, 16), rng.uniform(0, 32), rng.uniform(0, 32)
+        x0, y0, x1, y1 = A._cutout_box(side, cx, cy, faithful=False)
+        assert 0 <= x0 <= x1 <= 32 and 0 <= y0 <= y1 <= 32
+        assert x1 - x0 == min(int(side), 32 - x0) and y1 - y0 == min(int(side), 32 - y0)
+
+
+# -------------------------------------------------------------------------------------------------- strong view
+
+
+@pytest.mark.parametrize("faithful", [False, True])
+def test_strong_view_is_a_32x32_rgb_image_with_cutout_fill(faithful):
+    img = Image.fromarray(_random_images(1, seed=2)[0])
+    has_fill = 0
+    for k in range(50):
+        out = A.strong_view(img, np.random.default_rng([7, k]), faithful_cutout=faithful)
+        assert out.mode == "RGB" and out.size == (32, 32)
+        has_fill += bool((np.asarray(out) == A.CUTOUT_FILL).all(axis=2).any())
+    assert has_fill >= 40

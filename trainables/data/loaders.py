@@ -1,0 +1,128 @@
+"""`build_dataset(cfg, data_root)`: source -> LT subset + candidate sets + test split; and the training loader.
+
+Batch order and augmentation are functions of (seed, epoch, sample), never of process-global RNG state, so a run is
+reproducible whatever the number of DataLoader workers, and a resumed run sees exactly the batches it would have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from ..config import TrialConfig
+from .augment import TwoViewDataset, normalization
+from .longtail import LongTailedSet, build_longtailed, superclass_table
+from .sources import load_split
+
+_BATCH_ORDER_STREAM = 0x6F72646572
+
+
+@dataclass(frozen=True)
+class TrialData:
+    """Everything a run needs from the data side, as arrays."""
+
+    train_images: np.ndarray  # uint8 [N, 32, 32, 3], the LT subset, class-sorted
+    train: LongTailedSet  # labels, candidates, counts
+    test_images: np.ndarray  # uint8 [M, 32, 32, 3]
+    test_labels: np.ndarray  # int64 [M]
+    num_classes: int
+    train_norm: tuple[tuple[float, ...], tuple[float, ...]]  # (mean, std)
+    test_norm: tuple[tuple[float, ...], tuple[float, ...]]
+    source: str
+
+
+def build_dataset(cfg: TrialConfig, data_root: str, download: bool = False) -> TrialData:
+    """Load the source splits and build the LT partial-label training set of `cfg` (METHOD.md §1)."""
+    k = cfg.num_classes
+    train_split = load_split(cfg.dataset, "train", data_root, download=download)
+    test_split = load_split(cfg.dataset, "test", data_root, download=download)
+
+    superclass_of = None
+    shuffle_seed = None
+    if cfg.nu:
+        if train_split.coarse_labels is None:
+            raise ValueError(f"nu=True needs CIFAR-100 coarse labels, but {train_split.source} has none")
+        superclass_of = superclass_table(train_split.labels, train_split.coarse_labels, k)
+        shuffle_seed = cfg.seed if cfg.is_faithful("nu_shuffle") else cfg.data_seed
+    lt = build_longtailed(train_split.labels, k, cfg.head_class_size, cfg.rho, cfg.q, cfg.data_seed,
+                          superclass_of=superclass_of, count_shuffle_seed=shuffle_seed)
+    n = len(lt.labels)
+    if n < cfg.batch_size:
+        raise ValueError(f"batch_size={cfg.batch_size} exceeds the {n} training images of {cfg.describe()} "
+                         "(the last incomplete batch is dropped, so no step would run)")
+
+    test_images, test_labels = test_split.images, test_split.labels
+    if cfg.test_per_class is not None:
+        keep = np.concatenate([np.flatnonzero(test_labels == c)[: cfg.test_per_class] for c in range(k)])
+        keep.sort()
+        test_images, test_labels = test_images[keep], test_labels[keep]
+
+    return TrialData(
+        train_images=np.ascontiguousarray(train_split.images[lt.indices]),
+        train=lt,
+        test_images=test_images,
+        test_labels=np.asarray(test_labels, dtype=np.int64),
+        num_classes=k,
+        train_norm=normalization(cfg.dataset, "train"),
+        test_norm=normalization(cfg.dataset, "test", faithful_test_norm=cfg.is_faithful("test_norm")),
+        source=train_split.source,
+    )
+
+
+class EpochBatchSampler(Sampler):
+    """Global batches from a permutation keyed on (seed, epoch); each rank takes its contiguous share.
+
+    Yields lists of (epoch, index) keys, which the two-view dataset turns into per-sample generators. The last
+    incomplete global batch is dropped (drop_last), so every rank runs the same number of steps.
+    faithful=True reproduces the reference's DistributedSampler(seed=0) order: randperm seeded with 0 + epoch for
+    every training seed (§1.5).
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                 faithful: bool = False):
+        if batch_size % world_size:
+            raise ValueError(f"batch_size={batch_size} must divide evenly over {world_size} workers")
+        self.num_samples, self.batch_size = num_samples, batch_size
+        self.seed, self.rank, self.world_size, self.faithful = seed, rank, world_size, faithful
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        if self.faithful:
+            key = epoch
+        else:
+            key = int(np.random.SeedSequence([self.seed, epoch, _BATCH_ORDER_STREAM]).generate_state(1)[0])
+        return torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(key))
+
+    def __len__(self) -> int:
+        return self.num_samples // self.batch_size
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        perm = self.permutation(self.epoch).tolist()
+        share = self.batch_size // self.world_size
+        for step in range(len(self)):
+            start = step * self.batch_size + self.rank * share
+            yield [(self.epoch, i) for i in perm[start:start + share]]
+
+
+def _collate(samples):
+    weak, strong, idx = zip(*samples)
+    return torch.stack(weak), torch.stack(strong), torch.tensor(idx, dtype=torch.long)
+
+
+def make_train_loader(data: TrialData, cfg: TrialConfig, num_workers: int, rank: int = 0, world_size: int = 1,
+                      pin_memory: bool = False) -> tuple[DataLoader, EpochBatchSampler]:
+    """The two-view training loader and its sampler (call `sampler.set_epoch(e)` before each epoch)."""
+    dataset = TwoViewDataset(data.train_images, seed=cfg.seed, faithful_cutout=cfg.is_faithful("cutout"))
+    sampler = EpochBatchSampler(len(dataset), cfg.batch_size, cfg.seed, rank, world_size,
+                                faithful=cfg.is_faithful("batch_order"))
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=_collate,
+                        pin_memory=pin_memory, persistent_workers=num_workers > 0,
+                        prefetch_factor=4 if num_workers > 0 else None)
+    return loader, sampler

@@ -1,0 +1,268 @@
+"""`fit(cfg, options)`: the epoch loop, framework-free and checkpointable.
+
+Per epoch: the method's steps over the training loader, the test pass, one metrics row, a checkpoint, then the
+`on_epoch` callback (the CLI prints, the Ray worker reports). Nothing in the step loop reads values back to the host:
+loss terms accumulate on the device and are read once per epoch, where a non-finite loss stops the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .checkpoint import FILENAME, load_checkpoint, save_checkpoint
+from .comm import Comm
+from .config import RunOptions, TrialConfig
+from .data.augment import normalize
+from .data.loaders import TrialData, build_dataset, make_train_loader
+from .history import write_run_files
+from .methods import create_method
+from .metrics import confidence_summary, group_accuracy, prior_kl, shot_groups, topk_hits
+from .models import ModelHandle, create_model, unwrap
+
+EVAL_BATCH = 1024  # the reference evaluates at 4 x the training batch; any size gives the same counts
+
+
+class TrainingDiverged(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+class ResumeMismatch(ValueError):
+    """A checkpoint belongs to another configuration."""
+
+
+@dataclasses.dataclass
+class FitResult:
+    history: list[dict]
+    data: TrialData
+    method: object
+    model: torch.nn.Module | None  # None when a resumed run had nothing left to do
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} but CUDA is not available here")
+    return device
+
+
+def build_optimizer(cfg: TrialConfig, model: torch.nn.Module):
+    """SGD (momentum 0.9, no Nesterov, weight decay on every parameter) and the per-epoch cosine schedule (§8.1):
+    lr_e = eta_min + (lr - eta_min)(1 + cos(pi e / E)) / 2 with eta_min = lr * lr_min_ratio."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs,
+                                                           eta_min=cfg.lr * cfg.lr_min_ratio)
+    return optimizer, scheduler
+
+
+def config_diff(a: dict, b: dict) -> list[str]:
+    keys = sorted(set(a) | set(b))
+    return [f"{k}: {a.get(k)!r} != {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+
+
+@torch.no_grad()
+def evaluate(model: ModelHandle, method, images: torch.Tensor, labels: torch.Tensor, norm, num_classes: int,
+             comm: Comm) -> dict[str, torch.Tensor]:
+    """Per-class top-1 hits (method's prediction and raw logits) and top-5 hits over this rank's share of the test
+    set, summed over ranks: accuracy is counted over all samples (§9.1 fix)."""
+    net = model.net
+    was_training = net.training
+    net.eval()
+    shard = slice(comm.rank, None, comm.world_size)
+    images, labels = images[shard], labels[shard]
+    hits = torch.zeros(num_classes, dtype=torch.float64, device=images.device)
+    hits_raw = torch.zeros_like(hits)
+    top5 = torch.zeros((), dtype=torch.float64, device=images.device)
+    for start in range(0, len(labels), EVAL_BATCH):
+        x = normalize(images[start:start + EVAL_BATCH], *norm)
+        y = labels[start:start + EVAL_BATCH]
+        logits, _ = model(x)
+        adjusted = method.adjust_test_logits(logits, model.classifier)
+        h, t5 = topk_hits(adjusted, y, num_classes)
+        h_raw, _ = topk_hits(logits, y, num_classes)
+        hits += h
+        hits_raw += h_raw
+        top5 += t5
+    totals = torch.bincount(labels, minlength=num_classes).to(torch.float64)
+    reduced = comm.all_reduce_sum(torch.cat([hits, hits_raw, totals, top5[None]]))
+    net.train(was_training)
+    k = num_classes
+    return {"hits": reduced[:k], "hits_raw": reduced[k:2 * k], "totals": reduced[2 * k:3 * k], "top5": reduced[-1]}
+
+
+@torch.no_grad()
+def predict_images(model: ModelHandle, images: torch.Tensor, norm) -> torch.Tensor:
+    """Eval-mode logits of a whole uint8 image tensor, in order (SoLar's per-epoch estimation pass)."""
+    net = model.net
+    was_training = net.training
+    net.eval()
+    out = [model(normalize(images[s:s + EVAL_BATCH], *norm))[0] for s in range(0, len(images), EVAL_BATCH)]
+    net.train(was_training)
+    return torch.cat(out)
+
+
+def _to_device_images(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 NHWC array -> uint8 NCHW tensor on the device (normalised per batch at use)."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous().to(device)
+
+
+def fit(cfg: TrialConfig, options: RunOptions, on_epoch: Callable[[dict, Path | None], None] | None = None,
+        comm: Comm | None = None, resume_from: str | Path | None = None) -> FitResult:
+    """Train `cfg` to the end (or from `resume_from`, a checkpoint file) and return the metric history."""
+    comm = comm or Comm()
+    device = resolve_device(options.device)
+    out_dir = Path(options.out_dir) if options.out_dir else None
+    is_writer = comm.rank == 0
+
+    data = build_dataset(cfg, options.data_root, download=options.download)
+    k = data.num_classes
+    method = create_method(cfg, torch.from_numpy(data.train.candidates), data.train.counts, device, comm)
+    train_labels = torch.from_numpy(data.train.labels).to(device)
+    train_images_dev = None  # uploaded on first use (only methods with an estimation pass need it)
+    test_images = _to_device_images(data.test_images, device)
+    test_labels = torch.from_numpy(data.test_labels).to(device)
+    groups = shot_groups(data.train.counts)
+    true_prior = torch.as_tensor(data.train.true_prior)
+    loader, sampler = make_train_loader(data, cfg, options.num_workers, comm.rank, comm.world_size,
+                                        pin_memory=device.type == "cuda")
+    steps = len(sampler)
+    samples_per_epoch = steps * cfg.batch_size
+
+    history: list[dict] = []
+    resume = None
+    if resume_from is not None:
+        resume = load_checkpoint(Path(resume_from))
+        if resume["config_hash"] != cfg.config_hash:
+            diff = config_diff(resume["config"], cfg.to_dict())
+            raise ResumeMismatch(f"checkpoint {resume_from} belongs to config {resume['config_hash']}, not "
+                                 f"{cfg.config_hash}; differing fields: {'; '.join(diff) or '(none: code changed)'}")
+        method.load_state_dict(resume["method"])
+        history = list(resume["history"])
+
+    net = None
+    stages = method.stages()
+    stage_names = [s for s, _ in stages]
+    epoch_offset = 0  # batch order and augmentation keys run on across stages
+    for stage, stage_epochs in stages:
+        start_epoch = 0
+        if resume is not None:
+            done_stage = stage_names.index(resume["stage"])
+            here = stage_names.index(stage)
+            if here < done_stage or (here == done_stage and resume["epoch"] >= stage_epochs):
+                epoch_offset += stage_epochs
+                continue
+            if here == done_stage:
+                start_epoch = resume["epoch"]
+
+        net = create_model(cfg.arch, k, seed=cfg.seed + stage_names.index(stage), device=device)
+        if cfg.precision == "bf16":
+            net = net.to(memory_format=torch.channels_last)
+        optimizer, scheduler = build_optimizer(cfg, net)
+        if resume is not None and start_epoch > 0:
+            net.load_state_dict(resume["model"])
+            optimizer.load_state_dict(resume["optimizer"])
+            scheduler.load_state_dict(resume["scheduler"])
+        elif start_epoch == 0:
+            method.begin_stage(stage)
+        resume = None  # consumed
+        if comm.world_size > 1:
+            net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda"
+                                                            else None)
+        model = ModelHandle(net, cfg.precision)
+        net.train()
+
+        for epoch in range(start_epoch, stage_epochs):
+            lr = optimizer.param_groups[0]["lr"]
+            sampler.set_epoch(epoch_offset + epoch)
+            sums = torch.zeros(4, dtype=torch.float64, device=device)
+            t0 = time.perf_counter()
+            for step, (x_weak, x_strong, idx) in enumerate(loader):
+                x_weak = normalize(x_weak.to(device, non_blocking=True), *data.train_norm)
+                x_strong = normalize(x_strong.to(device, non_blocking=True), *data.train_norm)
+                idx = idx.to(device, non_blocking=True)
+                loss, logs = method.train_step(model, x_weak, x_strong, idx, epoch, step)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                sums += torch.stack([logs["loss"], logs["loss_neg"], logs["loss_con"], logs["loss_mix"]]).double()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            epoch_s = time.perf_counter() - t0
+            scheduler.step()
+
+            def predict_train(model=model):
+                nonlocal train_images_dev
+                if train_images_dev is None:
+                    train_images_dev = _to_device_images(data.train_images, device)
+                return predict_images(model, train_images_dev, data.test_norm)
+
+            extra = method.end_epoch(stage, epoch, predict_train)
+            t1 = time.perf_counter()
+            ev = evaluate(model, method, test_images, test_labels, data.test_norm, k, comm)
+            eval_s = time.perf_counter() - t1
+
+            means = (sums / max(steps, 1)).tolist()
+            if not all(math.isfinite(v) for v in means):
+                raise TrainingDiverged(
+                    f"training loss is {means[0]} (neg {means[1]}, con {means[2]}, mix {means[3]}) in {stage} epoch "
+                    f"{epoch} of {cfg.describe()} [{cfg.config_hash}]; stopping. The last checkpoint holds the state "
+                    "before this epoch.")
+            per_class = (ev["hits"] / ev["totals"].clamp_min(1) * 100).cpu()
+            per_class_raw = (ev["hits_raw"] / ev["totals"].clamp_min(1) * 100).cpu()
+            total = float(ev["totals"].sum())
+            prior = method.prior_estimate(model.classifier)
+            pl_acc, mmc = confidence_summary(method.confidences, train_labels)
+            many, medium, few = group_accuracy(per_class, groups)
+            many_raw, medium_raw, few_raw = group_accuracy(per_class_raw, groups)
+            row = {
+                "config_hash": cfg.config_hash, "stage": stage, "epoch": epoch,
+                "top1": float(ev["hits"].sum()) / total * 100, "top1_raw": float(ev["hits_raw"].sum()) / total * 100,
+                "top5": float(ev["top5"]) / total * 100,
+                "many": many, "medium": medium, "few": few,
+                "many_raw": many_raw, "medium_raw": medium_raw, "few_raw": few_raw,
+                "prior_kl": prior_kl(true_prior, prior.cpu()) if prior is not None else None,
+                "pseudo_label_acc": pl_acc, "mmc": mmc, "lr": lr,
+                "loss": means[0], "loss_neg": means[1], "loss_con": means[2], "loss_mix": means[3],
+                "epoch_s": epoch_s, "eval_s": eval_s, "images_per_s": samples_per_epoch / max(epoch_s, 1e-9),
+                "prior_est": prior.cpu().double().tolist() if prior is not None else None,
+                "per_class_acc": per_class.tolist(),
+                **extra,
+            }
+            history.append(row)
+
+            ckpt_path = None
+            last = epoch == stage_epochs - 1
+            if is_writer and out_dir is not None:
+                if last or (epoch + 1) % options.checkpoint_every == 0:
+                    ckpt_path = out_dir / FILENAME
+                    save_checkpoint(
+                        ckpt_path, config=cfg.to_dict(), config_hash=cfg.config_hash, stage=stage, epoch=epoch + 1,
+                        model=unwrap(net).state_dict(), optimizer=optimizer.state_dict(),
+                        scheduler=scheduler.state_dict(), method=method.state_dict(), history=history,
+                        extra={"source": data.source, "device": str(device)}, package_version=__version__)
+                write_run_files(out_dir, cfg.to_dict(), history)
+            if options.verbose and is_writer:
+                print(format_epoch(row, stage_epochs, cfg), flush=True)
+            if on_epoch is not None:
+                on_epoch(row, ckpt_path)
+        epoch_offset += stage_epochs
+    return FitResult(history=history, data=data, method=method, model=None if net is None else unwrap(net))
+
+
+def format_epoch(row: dict, epochs: int, cfg: TrialConfig) -> str:
+    stage = "" if row["stage"] == "train" else f"[{row['stage']}] "
+    kl = f" kl {row['prior_kl']:.3f}" if row.get("prior_kl") is not None else ""
+    return (f"{stage}epoch {row['epoch'] + 1:>4}/{epochs} top1 {row['top1']:6.2f} (raw {row['top1_raw']:6.2f}) "
+            f"many/med/few {row['many']:5.1f}/{row['medium']:5.1f}/{row['few']:5.1f}{kl} "
+            f"pl_acc {row['pseudo_label_acc']:5.1f} mmc {row['mmc']:.3f} loss {row['loss']:.4f} lr {row['lr']:.2e} "
+            f"{row['epoch_s']:.1f}s {row['images_per_s']:.0f} img/s")

@@ -1,0 +1,41 @@
+"""RECORDS' whole contribution (METHOD.md §4): a momentum estimate of the model's training class prior, and the
+logit adjustment that rebalances label disambiguation and test-time prediction with it.
+
+The model-implied prior E_x softmax(f(x)) is approximated by pushing an EMA of the penultimate feature through the
+classifier: pi_hat = softmax(A mu + b). It costs one matrix-vector product per step and no pass over the data.
+"""
+
+from __future__ import annotations
+
+import torch
+
+EPS = 1e-9  # the reference's epsilon inside log(pi + eps)
+
+
+@torch.no_grad()
+def update_feature_mean(mu: torch.Tensor | None, batch_feature_mean: torch.Tensor, momentum: float) -> torch.Tensor:
+    """EMA of the feature mean, started at zero without bias correction, as the reference: the first estimate is
+    (1 - m) * f_bar, which keeps A mu + b close to b, so pi_hat starts near uniform.
+
+    batch_feature_mean: mean over the batch of (phi(x_weak) + phi(x_strong)) / 2 (all ranks' samples under DDP).
+    """
+    if mu is None:
+        return (1.0 - momentum) * batch_feature_mean
+    return momentum * mu + (1.0 - momentum) * batch_feature_mean
+
+
+@torch.no_grad()
+def estimate_class_prior(mu: torch.Tensor, fc_weight: torch.Tensor, fc_bias: torch.Tensor) -> torch.Tensor:
+    """pi_hat = softmax(A mu + b) with the classifier's current weights, in fp32."""
+    logits = fc_weight.float() @ mu.float() + fc_bias.float()
+    return torch.softmax(logits, dim=0)
+
+
+def log_prior(prior: torch.Tensor) -> torch.Tensor:
+    """log(pi + eps): the shift subtracted from logits to turn P_train(y|x) into a balanced posterior."""
+    return torch.log(prior + EPS)
+
+
+def adjust_logits(logits: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+    """Post-hoc logit adjustment (tau = 1): z - log(pi + eps)."""
+    return logits - log_prior(prior)
