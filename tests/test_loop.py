@@ -1,0 +1,109 @@
+"""The training loop: bit-identical resume, NaN stop, run files, and the CLI's contract."""
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from trainables import train as train_cli
+from trainables.checkpoint import load_checkpoint
+from trainables.config import RunOptions, TrialConfig
+from trainables.loop import ResumeMismatch, TrainingDiverged, fit
+
+TIMING = {"epoch_s", "eval_s", "images_per_s"}
+
+SMALL = dict(dataset="cifar10", rho=10, q=0.3, img_max=60, test_per_class=20, arch="small-cnn", epochs=3,
+             batch_size=32)
+
+
+class Stop(Exception):
+    pass
+
+
+def _strip(rows):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+@pytest.mark.parametrize("kwargs", [dict(records=True, mixup=True), dict(oracle_la="loss")])
+def test_resume_is_bit_identical(tmp_path, kwargs):
+    cfg = TrialConfig(**SMALL, **kwargs)
+    straight = fit(cfg, RunOptions(data_root="synthetic", out_dir=str(tmp_path / "a"), num_workers=0,
+                                   verbose=False))
+
+    def stop_after_first(row, ckpt):
+        if row["epoch"] == 0:
+            raise Stop
+
+    with pytest.raises(Stop):
+        fit(cfg, RunOptions(data_root="synthetic", out_dir=str(tmp_path / "b"), num_workers=0, verbose=False),
+            on_epoch=stop_after_first)
+    ckpt = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    assert ckpt["epoch"] == 1 and ckpt["config_hash"] == cfg.config_hash and len(ckpt["history"]) == 1
+    resumed = fit(cfg, RunOptions(data_root="synthetic", out_dir=str(tmp_path / "b"), num_workers=1, verbose=False),
+                  resume_from=tmp_path / "b" / "checkpoint.pt")
+
+    assert _strip(resumed.history) == _strip(straight.history)
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    assert torch.equal(straight.method.confidences, resumed.method.confidences)
+    assert torch.equal(straight.method.mu, resumed.method.mu)
+    epochs = pd.read_parquet(tmp_path / "b" / "epochs.parquet")
+    assert epochs["epoch"].tolist() == [0, 1, 2]
+    assert json.loads((tmp_path / "b" / "config.json").read_text()) == cfg.to_dict()
+
+
+def test_resume_refuses_another_config(tmp_path):
+    cfg = TrialConfig(**{**SMALL, "epochs": 1})
+    fit(cfg, RunOptions(data_root="synthetic", out_dir=str(tmp_path), num_workers=0, verbose=False))
+    other = cfg.replace(q=0.5)
+    with pytest.raises(ResumeMismatch, match=r"q: 0\.3 != 0\.5"):
+        fit(other, RunOptions(data_root="synthetic", num_workers=0, verbose=False),
+            resume_from=tmp_path / "checkpoint.pt")
+
+
+def test_nan_loss_stops_with_a_clear_error(tmp_path):
+    cfg = TrialConfig(**{**SMALL, "epochs": 2, "lr": 1e30})
+    with pytest.raises(TrainingDiverged, match="training loss is nan"):
+        fit(cfg, RunOptions(data_root="synthetic", out_dir=str(tmp_path), num_workers=0, verbose=False))
+
+
+def test_metrics_row_is_complete_and_consistent(tmp_path):
+    cfg = TrialConfig(**{**SMALL, "epochs": 1, "records": True})
+    result = fit(cfg, RunOptions(data_root="synthetic", num_workers=0, verbose=False))
+    row = result.history[0]
+    k = 10
+    assert len(row["prior_est"]) == k and math.isclose(sum(row["prior_est"]), 1.0, rel_tol=1e-6)
+    assert len(row["per_class_acc"]) == k
+    assert row["top1"] == pytest.approx(sum(row["per_class_acc"]) / k)  # balanced test set: mean = overall
+    for name in ("top1", "top1_raw", "top5", "many", "medium", "few", "pseudo_label_acc"):
+        assert 0.0 <= row[name] <= 100.0, name
+    assert row["top5"] >= row["top1"]
+    assert row["lr"] == pytest.approx(0.01)
+    assert row["prior_kl"] >= 0 and 0 < row["mmc"] <= 1
+
+
+def test_cli_runs_and_guards_the_run_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["--dataset", "cifar10", "--rho", "10", "--q", "0.3", "--records", "--arch", "small-cnn", "--epochs", "1",
+            "--batch-size", "32", "--img-max", "60", "--test-per-class", "20", "--data-root", "synthetic",
+            "--out", str(out), "--num-workers", "0"]
+    assert train_cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "epoch    1/1 top1" in printed
+    assert (out / "checkpoint.pt").is_file() and (out / "epochs.parquet").is_file()
+    with pytest.raises(SystemExit):
+        train_cli.main(argv)  # the folder holds a run: refuse without --resume
+    assert "pass --resume" in capsys.readouterr().err
+    assert train_cli.main(argv + ["--resume"]) == 0  # finished: nothing left to do
+    with pytest.raises(SystemExit):
+        train_cli.main(argv[:-2] + ["--q", "1.5", "--out", str(tmp_path / "x")])
+    assert "q=1.5" in capsys.readouterr().err
+
+
+def test_cli_missing_data_root_is_a_clear_error(tmp_path, capsys):
+    argv = ["--arch", "small-cnn", "--epochs", "1", "--data-root", str(tmp_path / "nowhere"), "--out",
+            str(tmp_path / "run")]
+    assert train_cli.main(argv) == 2
+    assert str(tmp_path / "nowhere") in capsys.readouterr().err
