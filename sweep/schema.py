@@ -12,7 +12,7 @@ import dataclasses
 import pyarrow as pa
 
 from trainables.config import TrialConfig
-from trainables.history import EPOCH_ROW_SCHEMA
+from trainables.epoch_schema import EPOCH_ROW_SCHEMA
 
 SCHEMA_VERSION = 1
 

@@ -9,21 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .checkpoint import atomic_write_bytes
-from .metrics import EPOCH_LISTS, EPOCH_SCALARS
-
-# SoLar-only columns (null for the CORR family).
-SOLAR_SCALARS = {
-    "sinkhorn_row_residual": "max |row sum - 1| of the last Sinkhorn plan of the epoch",
-    "sinkhorn_col_residual": "max |column sum - n r_k| / n of the last Sinkhorn plan of the epoch",
-    "reliable_frac": "share of the epoch's samples selected as reliable",
-}
-
-EPOCH_ROW_SCHEMA = pa.schema(
-    [pa.field("config_hash", pa.string(), nullable=False), pa.field("stage", pa.string(), nullable=False)]
-    + [pa.field(name, pa.int64() if name == "epoch" else pa.float64()) for name in EPOCH_SCALARS]
-    + [pa.field(name, pa.list_(pa.float64())) for name in EPOCH_LISTS]
-    + [pa.field(name, pa.float64()) for name in SOLAR_SCALARS]
-)
+from .epoch_schema import EPOCH_ROW_SCHEMA
 
 
 def epochs_table(rows: list[dict]) -> pa.Table:

@@ -4,36 +4,6 @@ from __future__ import annotations
 
 import torch
 
-# Every per-epoch record carries these scalar fields (the contract with the sweep's epochs.parquet).
-# Accuracies are in percent, as the paper prints them.
-EPOCH_SCALARS = {
-    "epoch": "0-based epoch index within the stage",
-    "top1": "test top-1 (%) of the method's prediction: prior-adjusted for RECORDS and Oracle-LA disamb/posthoc",
-    "top1_raw": "test top-1 (%) of the unadjusted logits",
-    "top5": "test top-5 (%) of the method's prediction",
-    "many": "mean per-class accuracy (%) over the many-shot classes (§9.2), method's prediction",
-    "medium": "same, medium-shot classes",
-    "few": "same, few-shot classes",
-    "many_raw": "many-shot accuracy (%) of the unadjusted logits",
-    "medium_raw": "medium-shot accuracy (%) of the unadjusted logits",
-    "few_raw": "few-shot accuracy (%) of the unadjusted logits",
-    "prior_kl": "KL(true training prior || estimated prior): RECORDS' pi-hat, SoLar's r",
-    "pseudo_label_acc": "share (%) of training samples whose argmax confidence is the true label",
-    "mmc": "mean over training samples of max_k W_ik (disambiguation sharpness)",
-    "lr": "learning rate used in this epoch",
-    "loss": "mean training loss over the epoch's steps",
-    "loss_neg": "mean negative (non-candidate) term",
-    "loss_con": "mean consistency (KL) term",
-    "loss_mix": "mean mixup term (0 when off)",
-    "epoch_s": "wall seconds of the epoch's training steps",
-    "eval_s": "wall seconds of the test pass",
-    "images_per_s": "training samples per second (each sample forwards 2 or 4 views)",
-}
-EPOCH_LISTS = {
-    "prior_est": "estimated class prior (K floats): RECORDS' softmax(A mu + b), SoLar's r",
-    "per_class_acc": "test accuracy (%) per class (K floats), method's prediction",
-}
-
 
 def shot_groups(class_counts: torch.Tensor | list[int]) -> torch.Tensor:
     """Many (0) / medium (1) / few (2) group of each class from training counts, as in SoLar's script (§9.2).
