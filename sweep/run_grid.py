@@ -1,0 +1,129 @@
+"""Run a grid of LT-PLL trials on Ray: `python sweep/run_grid.py --preset quick`.
+
+Every cell of the grid is validated before Ray starts; `--dry-run` lists the cells and their cost and starts
+nothing. Results land in STORAGE/NAME/runs.parquet and epochs.parquet. Re-running the same command skips the
+finished cells; `--resume --name NAME` continues an interrupted sweep from its own saved grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+# Run as a script, Python puts sweep/ itself first on sys.path, where our module names (schema, results, tune)
+# could shadow other packages' imports; put the repository root there instead.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
+from sweep.grids import PRESETS, GridError, describe_cells, load_grid_file, parse_seeds, parse_set  # noqa: E402
+
+DEFAULT_DATA_ROOTS = ("./data", "../shared/data")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python sweep/run_grid.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("the grid")
+    g.add_argument("--preset", choices=sorted(PRESETS),
+                   help="named grid: " + "; ".join(f"{k}: {v.description}" for k, v in PRESETS.items()))
+    g.add_argument("--grid-file", help="a YAML or TOML grid (blocks/base/seeds, or extends: PRESET plus set:)")
+    g.add_argument("--seeds", help="training seeds, comma-separated (default: the grid's, 123)")
+    g.add_argument("--set", action="append", default=[], metavar="KEY=V[,V...]",
+                   help="narrow an axis to values it has (--set q=0.3,0.5 --set records=true) or override a field "
+                        "for every cell (--set epochs=5); repeatable; variant names: corr, corr+mixup, records, "
+                        "records+mixup, oracle-la, oracle-la-loss, oracle-la-posthoc, solar")
+    g.add_argument("--dry-run", action="store_true", help="print the cells, their count and cost; start nothing")
+    g = p.add_argument_group("where")
+    g.add_argument("--storage", default="./sweeps", help="sweeps folder: a path or any URI pyarrow opens")
+    g.add_argument("--name", help="sweep name (default: the preset or grid name)")
+    g.add_argument("--data-root", default=None,
+                   help="CIFAR data root (torchvision pickles, or cifar10|cifar100/{train,test}.parquet), or "
+                        "'synthetic'; default: $RECORDS_DATA_ROOT, else the first of "
+                        + ", ".join(DEFAULT_DATA_ROOTS) + " that exists")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the sweep STORAGE/NAME with its saved grid and settings")
+    g = p.add_argument_group("resources")
+    g.add_argument("--address", help="an existing Ray cluster ('auto' or host:port); default: start a local one")
+    g.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    g.add_argument("--num-gpus", type=int, help="GPUs of the local Ray (default: all)")
+    g.add_argument("--cpus-per-trial", type=float, default=None, help="CPUs per cell, split over its workers "
+                   "(default 1)")
+    g.add_argument("--gpus-per-trial", type=float, default=None,
+                   help="GPUs per cell, fractions allowed to pack cells on a GPU (default 0)")
+    g.add_argument("--workers-per-trial", type=int, default=None, help="DDP workers per cell (default 1)")
+    g.add_argument("--max-concurrent", type=int, help="cells at once (default: as many as fit)")
+    g.add_argument("--loader-workers", type=int, help="DataLoader processes per worker (default: CPUs-1)")
+    g.add_argument("--max-failures", type=int, default=None, help="restarts of a cell from its checkpoint (2)")
+    g.add_argument("--object-store-mb", type=int, default=256, help="object store of the local Ray, MiB")
+    g.add_argument("--no-dashboard", action="store_true", help="start the local Ray without its dashboard")
+    g.add_argument("--dashboard-port", type=int, default=8265)
+    g.add_argument("--worker-logs", action="store_true", help="forward the workers' logs to this terminal")
+    return p
+
+
+def resolve_data_root(arg: str | None) -> str:
+    if arg:
+        return arg if arg == "synthetic" else str(Path(arg).expanduser().resolve())
+    env = os.environ.get("RECORDS_DATA_ROOT")
+    if env:
+        return str(Path(env).expanduser().resolve())
+    for candidate in DEFAULT_DATA_ROOTS:
+        if Path(candidate).is_dir():
+            return str(Path(candidate).resolve())
+    raise GridError(f"no data root: pass --data-root, set RECORDS_DATA_ROOT, or put CIFAR in one of "
+                    f"{', '.join(DEFAULT_DATA_ROOTS)} (relative to {Path.cwd()})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+
+    from sweep.results import SweepStore, read_sweep_manifest
+    from trainables.config import TrialConfig
+
+    try:
+        if args.resume:
+            if args.preset or args.grid_file or args.set or args.seeds:
+                raise GridError("--resume runs the sweep's saved grid: drop --preset/--grid-file/--set/--seeds "
+                                "(to change the grid, re-run without --resume; finished cells are skipped)")
+            if not args.name:
+                raise GridError("--resume needs --name (the sweep folder under --storage)")
+            store = SweepStore(args.storage, args.name)
+            manifest = read_sweep_manifest(store)
+            cells = [TrialConfig.from_dict(c) for c in manifest["cells"]]
+            saved = manifest.get("settings", {})
+            name = args.name
+        else:
+            if bool(args.preset) == bool(args.grid_file):
+                raise GridError("choose exactly one of --preset and --grid-file")
+            grid = PRESETS[args.preset] if args.preset else load_grid_file(args.grid_file)
+            if args.seeds:
+                grid = grid.with_seeds(parse_seeds(args.seeds))
+            for expr in args.set:
+                grid = grid.with_override(*parse_set(expr))
+            cells = grid.cells()
+            name = args.name or grid.name
+            saved = {}
+    except (GridError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    if args.dry_run:
+        print(describe_cells(cells))
+        return 0
+
+    from sweep.launch import LaunchError, launch
+
+    try:
+        data_root = saved.get("data_root") if args.resume and not args.data_root else resolve_data_root(args.data_root)
+        return launch(args, cells, name, data_root, saved)
+    except (GridError, LaunchError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
