@@ -58,8 +58,8 @@ RUNS_SCHEMA = pa.schema(
         pa.field("device", pa.string()),
         pa.field("package_version", pa.string()),
         pa.field("git_rev", pa.string()),
-        pa.field("started_at", pa.timestamp("s", tz="UTC")),
-        pa.field("finished_at", pa.timestamp("s", tz="UTC")),
+        pa.field("started_at", pa.timestamp("ms", tz="UTC")),
+        pa.field("finished_at", pa.timestamp("ms", tz="UTC")),
         pa.field("schema_version", pa.int64()),
     ]
 )

@@ -1,0 +1,199 @@
+"""The sweep end to end on a local Ray (2 CPUs, small object store, no dashboard): the smoke preset into Parquet,
+the analysis on its output, a killed driver resumed, a killed worker replaced, two DDP workers per cell."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pyarrow.parquet as pq
+import pytest
+
+from sweep.grids import PRESETS
+from sweep.results import total_epochs
+from sweep.schema import EPOCHS_SCHEMA, RUNS_SCHEMA
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_GRID = str(ROOT / "sweep" / "run_grid.py")
+RAY_ENV = {**os.environ, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1", "PYTHONUNBUFFERED": "1"}
+LOCAL_RAY = ["--no-dashboard", "--num-cpus", "2", "--object-store-mb", "128", "--data-root", "synthetic"]
+
+
+def run_grid(*args, timeout=600, **kwargs):
+    return subprocess.run([sys.executable, RUN_GRID, *args, *LOCAL_RAY], capture_output=True, text=True,
+                          timeout=timeout, env=RAY_ENV, **kwargs)
+
+
+def start_grid(*args, log):
+    return subprocess.Popen([sys.executable, RUN_GRID, *args, *LOCAL_RAY], stdout=log, stderr=subprocess.STDOUT,
+                            env=RAY_ENV, start_new_session=True)
+
+
+def ray_stop():
+    subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120)
+
+
+def epoch_records(sweep: Path) -> list[dict]:
+    rows = []
+    for chunk in sorted((sweep / "records" / "epochs").glob("*.jsonl")):
+        rows += [json.loads(line) for line in chunk.read_text().splitlines() if line.strip()]
+    return rows
+
+
+def wait_for(predicate, timeout, proc=None, what=""):
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the sweep exited ({proc.returncode}) before {what}")
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def assert_complete(sweep: Path, expected_cells: int):
+    runs = pq.read_table(sweep / "runs.parquet")
+    epochs = pq.read_table(sweep / "epochs.parquet")
+    assert runs.schema.equals(RUNS_SCHEMA, check_metadata=False)
+    assert epochs.schema.equals(EPOCHS_SCHEMA, check_metadata=False)
+    runs, epochs = runs.to_pandas(), epochs.to_pandas()
+    assert len(runs) == expected_cells and runs["config_hash"].is_unique
+    assert (runs["status"] == "finished").all(), runs[["label", "status", "error"]]
+    for _, run in runs.iterrows():
+        mine = epochs[epochs["config_hash"] == run["config_hash"]]
+        assert len(mine) == run["epochs_total"] == run["epochs_done"]
+        for stage, grp in mine.groupby("stage"):
+            assert sorted(grp["epoch"]) == list(range(len(grp))), (run["label"], stage)  # no gaps, no repeats
+        assert run["final_top1"] == mine[mine["stage"] == "train"].iloc[-1]["top1"]
+    return runs, epochs
+
+
+# --- the smoke preset, once, shared by the checks below -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def smoke_sweep(tmp_path_factory):
+    storage = tmp_path_factory.mktemp("sweeps")
+    out = run_grid("--preset", "smoke", "--storage", str(storage), "--name", "smoke")
+    ray_stop()
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return storage / "smoke", out
+
+
+def test_smoke_sweep_writes_complete_parquet(smoke_sweep):
+    sweep, out = smoke_sweep
+    cells = PRESETS["smoke"].cells()
+    runs, epochs = assert_complete(sweep, len(cells))
+    assert set(runs["config_hash"]) == {c.config_hash for c in cells}
+    assert len(epochs) == sum(total_epochs(c) for c in cells)
+    k = runs.set_index("config_hash")["dataset"].map({"cifar10": 10, "cifar100": 100})
+    for _, row in epochs.iterrows():
+        assert len(row["prior_est"]) == k[row["config_hash"]] == len(row["per_class_acc"])
+        assert abs(sum(row["prior_est"]) - 1) < 1e-6
+    assert runs["git_rev"].notna().all() and runs["package_version"].notna().all()
+    assert (runs["wall_s"] > 0).all() and (runs["images_per_s"] > 0).all()
+    assert "status: finished 6" in out.stdout
+    # re-running the same sweep finds everything finished and starts nothing
+    again = run_grid("--preset", "smoke", "--storage", str(sweep.parent), "--name", "smoke", timeout=120)
+    assert again.returncode == 0 and "6 already finished, 0 to run" in again.stdout
+
+
+def test_analysis_report_and_notebook_on_the_smoke_sweep(smoke_sweep, tmp_path):
+    import nbformat
+    from nbclient import NotebookClient
+
+    sweep, _ = smoke_sweep
+    report = subprocess.run([sys.executable, "-m", "analysis.report", str(sweep), "--out", str(tmp_path / "report")],
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr
+    pngs = list((tmp_path / "report").glob("*.png"))
+    assert pngs and all(p.stat().st_size > 1000 for p in pngs)
+    tables = (tmp_path / "report" / "tables.md").read_text()
+    assert "CIFAR-10-LT" in tables and "CORR + RECORDS (w/ Mixup)" in tables
+
+    nb = nbformat.read(ROOT / "analysis" / "paper_tables.ipynb", as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")  # committed without outputs
+    os.environ["RECORDS_SWEEP_DIR"] = str(sweep)
+    try:
+        client = NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+        client.execute()
+    finally:
+        del os.environ["RECORDS_SWEEP_DIR"]
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors
+    assert any(o.get("data", {}).get("image/png") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
+# --- a killed driver, resumed ------------------------------------------------------------------------------------
+
+def test_killed_driver_resumes_each_cell_exactly_once(tmp_path):
+    args = ["--preset", "smoke", "--set", "variant=corr,records+mixup", "--set", "dataset=cifar10", "--set", "epochs=5",
+            "--storage", str(tmp_path), "--name", "k"]
+    sweep = tmp_path / "k"
+    with open(tmp_path / "first.log", "w") as log:
+        proc = start_grid(*args, log=log)
+        try:
+            wait_for(lambda: len(epoch_records(sweep)) >= 2, 240, proc, "two epochs were recorded")
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started, without warning
+            proc.wait()
+    ray_stop()
+    before = epoch_records(sweep)
+    assert 2 <= len(before) < 10
+    out = run_grid("--resume", "--name", "k", "--storage", str(tmp_path))
+    ray_stop()
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    runs, epochs = assert_complete(sweep, 2)
+    assert (runs["epochs_done"] == 5).all()
+
+
+# --- a killed worker, replaced -----------------------------------------------------------------------------------
+
+def _train_workers():
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if "RayTrainWorker" in cmd:
+            found.append(p)
+    return found
+
+
+def test_killed_worker_is_replaced_and_continues_from_its_checkpoint(tmp_path):
+    args = ["--preset", "smoke", "--set", "variant=records+mixup", "--set", "dataset=cifar10", "--set", "epochs=6",
+            "--storage", str(tmp_path), "--name", "w"]
+    sweep = tmp_path / "w"
+    with open(tmp_path / "log", "w") as log:
+        proc = start_grid(*args, log=log)
+        try:
+            wait_for(lambda: len(epoch_records(sweep)) >= 2, 240, proc, "two epochs were recorded")
+            workers = _train_workers()
+            assert workers, "no Ray Train worker process found"
+            for w in workers:
+                w.kill()
+            assert proc.wait(timeout=300) == 0, (tmp_path / "log").read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    ray_stop()
+    runs, epochs = assert_complete(sweep, 1)
+    raw = pd.DataFrame(epoch_records(sweep))
+    # continued from its checkpoint, not from scratch: epoch 0 was trained (and reported) once only
+    assert (raw["epoch"] == 0).sum() == 1
+    assert sorted(raw["epoch"].unique()) == list(range(6))
+
+
+# --- two DDP workers per cell ----------------------------------------------------------------------------------
+
+def test_two_workers_per_cell(tmp_path):
+    out = run_grid("--preset", "smoke", "--set", "variant=records+mixup", "--set", "dataset=cifar10",
+                   "--workers-per-trial", "2", "--cpus-per-trial", "2", "--storage", str(tmp_path), "--name", "ddp")
+    ray_stop()
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    runs, _ = assert_complete(tmp_path / "ddp", 1)
+    assert runs["num_workers_per_trial"].tolist() == [2]
