@@ -61,32 +61,32 @@ class Grid:
 _PAPER_CIFAR10 = {"dataset": ("cifar10",), "rho": (50, 100), "q": (0.3, 0.5, 0.7)}
 _PAPER_CIFAR100 = {"dataset": ("cifar100",), "nu": (False,), "rho": (50, 100), "q": (0.03, 0.05, 0.07)}
 _PAPER_CIFAR100_NU = {**_PAPER_CIFAR100, "nu": (True,)}
-PAPER_VARIANTS = ("corr", "corr+mixup", "records", "records+mixup", "oracle-la", "solar")
+PAPER_VARIANTS = ("corr", "corr+mixup", "records", "records+mixup", "oracle-la")
 
 PRESETS: dict[str, Grid] = {
     "paper": Grid(
         name="paper",
         description="The paper's two tables and their NU variant at the paper's settings (800 epochs, ResNet-18): "
         "CIFAR-10-LT (rho 50/100 x q 0.3/0.5/0.7), CIFAR-100-LT and CIFAR-100-LT-NU (rho 50/100 x q 0.03/0.05/0.07), "
-        "each with CORR, CORR+Mixup, CORR+RECORDS, CORR+RECORDS+Mixup, CORR+Oracle-LA and SoLar.",
+        "each with CORR, CORR+Mixup, CORR+RECORDS, CORR+RECORDS+Mixup and CORR+Oracle-LA.",
         blocks=tuple({**b, "variant": PAPER_VARIANTS} for b in (_PAPER_CIFAR10, _PAPER_CIFAR100, _PAPER_CIFAR100_NU)),
         base=dict(arch="resnet18", epochs=800),
     ),
     "quick": Grid(
         name="quick",
         description="A CPU-sized slice: CIFAR-10-LT rho=100 q=0.3 with a third of each class (img_max 1666), "
-        "CORR vs CORR+RECORDS, with and without Mixup, small CNN, 4 epochs; about 10 minutes on 2 cores.",
+        "CORR vs CORR+RECORDS, with and without Mixup, small CNN, batch 64, 8 epochs; about 10 minutes on 2 cores.",
         blocks=({"dataset": ("cifar10",), "rho": (100,), "q": (0.3,),
                  "variant": ("corr", "records", "corr+mixup", "records+mixup")},),
-        base=dict(arch="small-cnn", epochs=4, img_max=1666, test_per_class=500),
+        base=dict(arch="small-cnn", epochs=8, batch_size=64, img_max=1666, test_per_class=500),
     ),
     "smoke": Grid(
         name="smoke",
         description="The smallest grid that exercises every code path (CIFAR-10 and CIFAR-100-NU, every variant's "
-        "branch, SoLar's two stages) with a tiny LT set: for tests and CI.",
+        "branch) with a tiny LT set: for tests and CI.",
         blocks=(
             {"dataset": ("cifar10",), "rho": (10,), "q": (0.3,),
-             "variant": ("corr", "records+mixup", "oracle-la-loss", "oracle-la-posthoc", "solar")},
+             "variant": ("corr", "records+mixup", "oracle-la-loss", "oracle-la-posthoc")},
             {"dataset": ("cifar100",), "nu": (True,), "rho": (10,), "q": (0.05,), "img_max": (12,),
              "variant": ("records", "oracle-la")},
         ),
