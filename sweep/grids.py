@@ -61,14 +61,15 @@ class Grid:
 _PAPER_CIFAR10 = {"dataset": ("cifar10",), "rho": (50, 100), "q": (0.3, 0.5, 0.7)}
 _PAPER_CIFAR100 = {"dataset": ("cifar100",), "nu": (False,), "rho": (50, 100), "q": (0.03, 0.05, 0.07)}
 _PAPER_CIFAR100_NU = {**_PAPER_CIFAR100, "nu": (True,)}
-PAPER_VARIANTS = ("corr", "corr+mixup", "records", "records+mixup", "oracle-la")
+PAPER_VARIANTS = ("corr", "corr+mixup", "records", "records+mixup", "oracle-la", "solar")
 
 PRESETS: dict[str, Grid] = {
     "paper": Grid(
         name="paper",
         description="The paper's two tables and their NU variant at the paper's settings (800 epochs, ResNet-18): "
         "CIFAR-10-LT (rho 50/100 x q 0.3/0.5/0.7), CIFAR-100-LT and CIFAR-100-LT-NU (rho 50/100 x q 0.03/0.05/0.07), "
-        "each with CORR, CORR+Mixup, CORR+RECORDS, CORR+RECORDS+Mixup and CORR+Oracle-LA.",
+        "each with CORR, CORR+Mixup, CORR+RECORDS, CORR+RECORDS+Mixup, CORR+Oracle-LA and SoLar (its two stages: "
+        "100+800 epochs on CIFAR-10, 20+800 on CIFAR-100).",
         blocks=tuple({**b, "variant": PAPER_VARIANTS} for b in (_PAPER_CIFAR10, _PAPER_CIFAR100, _PAPER_CIFAR100_NU)),
         base=dict(arch="resnet18", epochs=800),
     ),
@@ -83,14 +84,15 @@ PRESETS: dict[str, Grid] = {
     "smoke": Grid(
         name="smoke",
         description="The smallest grid that exercises every code path (CIFAR-10 and CIFAR-100-NU, every variant's "
-        "branch) with a tiny LT set: for tests and CI.",
+        "branch, SoLar's two stages) with a tiny LT set: for tests and CI.",
         blocks=(
             {"dataset": ("cifar10",), "rho": (10,), "q": (0.3,),
-             "variant": ("corr", "records+mixup", "oracle-la-loss", "oracle-la-posthoc")},
+             "variant": ("corr", "records+mixup", "oracle-la-loss", "oracle-la-posthoc", "solar")},
             {"dataset": ("cifar100",), "nu": (True,), "rho": (10,), "q": (0.05,), "img_max": (12,),
              "variant": ("records", "oracle-la")},
         ),
-        base=dict(arch="small-cnn", epochs=2, img_max=60, test_per_class=10, batch_size=32, est_epochs=1),
+        base=dict(arch="small-cnn", epochs=2, img_max=60, test_per_class=10, batch_size=32, est_epochs=1,
+                  solar_queue_batches=2),
     ),
 }
 

@@ -15,7 +15,9 @@ RUN_GRID = str(Path(__file__).resolve().parents[1] / "sweep" / "run_grid.py")
 
 def test_paper_preset_covers_the_tables():
     cells = PRESETS["paper"].cells()
-    assert len(cells) == 18 * 5  # (6 CIFAR-10-LT + 6 CIFAR-100-LT + 6 CIFAR-100-LT-NU) x 5 CORR-family methods
+    assert len(cells) == 18 * 6  # (6 CIFAR-10-LT + 6 CIFAR-100-LT + 6 CIFAR-100-LT-NU) x 5 CORR-family + SoLar
+    solar = [c for c in cells if c.method == "solar"]
+    assert len(solar) == 18 and {(c.dataset, c.est_epochs) for c in solar} == {("cifar10", 100), ("cifar100", 20)}
     assert {(c.dataset, c.nu) for c in cells} == {("cifar10", False), ("cifar100", False), ("cifar100", True)}
     assert {c.q for c in cells if c.dataset == "cifar10"} == {0.3, 0.5, 0.7}
     assert {c.q for c in cells if c.dataset == "cifar100"} == {0.03, 0.05, 0.07}
@@ -70,7 +72,7 @@ def test_cost_matches_method_md_table():
     assert mix["fwd_bwd"] / 1e6 == pytest.approx(44.2, abs=0.05)
     assert corr["fwd_only"] / 1e6 == pytest.approx(8.0)
     text = describe_cells(PRESETS["paper"].cells())
-    assert "90 cells" in text and "GPU-hours" in text
+    assert "108 cells" in text and "GPU-hours" in text
 
 
 def test_resource_check_refuses_with_numbers():
@@ -94,7 +96,7 @@ def _run_grid(*args, cwd=None, timeout=120):
 
 def test_cli_dry_run_and_refusals(tmp_path):
     out = _run_grid("--preset", "paper", "--dry-run")
-    assert out.returncode == 0 and "90 cells" in out.stdout
+    assert out.returncode == 0 and "108 cells" in out.stdout
     out = _run_grid("--preset", "paper", "--set", "q=7", "--dry-run")
     assert out.returncode == 2 and "q=7" in out.stderr
     out = _run_grid("--preset", "quick", "--data-root", str(tmp_path / "missing"), "--storage", str(tmp_path))

@@ -98,10 +98,10 @@ def test_smoke_sweep_writes_complete_parquet(smoke_sweep):
         assert abs(sum(row["prior_est"]) - 1) < 1e-6
     assert runs["git_rev"].notna().all() and runs["package_version"].notna().all()
     assert (runs["wall_s"] > 0).all() and (runs["images_per_s"] > 0).all()
-    assert "status: finished 6" in out.stdout
+    assert "status: finished 7" in out.stdout
     # re-running the same sweep finds everything finished and starts nothing
     again = run_grid("--preset", "smoke", "--storage", str(sweep.parent), "--name", "smoke", timeout=120)
-    assert again.returncode == 0 and "6 already finished, 0 to run" in again.stdout
+    assert again.returncode == 0 and "7 already finished, 0 to run" in again.stdout
 
 
 def test_analysis_report_and_notebook_on_the_smoke_sweep(smoke_sweep, tmp_path):
@@ -115,7 +115,7 @@ def test_analysis_report_and_notebook_on_the_smoke_sweep(smoke_sweep, tmp_path):
     pngs = list((tmp_path / "report").glob("*.png"))
     assert pngs and all(p.stat().st_size > 1000 for p in pngs)
     tables = (tmp_path / "report" / "tables.md").read_text()
-    assert "CIFAR-10-LT" in tables and "CORR + RECORDS (w/ Mixup)" in tables
+    assert "CIFAR-10-LT" in tables and "CORR + RECORDS (w/ Mixup)" in tables and "SoLar (w/ Mixup)" in tables
 
     nb = nbformat.read(ROOT / "analysis" / "paper_tables.ipynb", as_version=4)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")  # committed without outputs

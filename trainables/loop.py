@@ -168,12 +168,12 @@ def fit(cfg: TrialConfig, options: RunOptions, on_epoch: Callable[[dict, Path | 
         if cfg.precision == "bf16":
             net = net.to(memory_format=torch.channels_last)
         optimizer, scheduler = build_optimizer(cfg, net)
-        if resume is not None and start_epoch > 0:
+        fresh = not (resume is not None and start_epoch > 0)
+        if not fresh:
             net.load_state_dict(resume["model"])
             optimizer.load_state_dict(resume["optimizer"])
             scheduler.load_state_dict(resume["scheduler"])
-        elif start_epoch == 0:
-            method.begin_stage(stage)
+        method.enter_stage(stage, fresh)
         resume = None  # consumed
         if comm.world_size > 1:
             net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda"
@@ -184,7 +184,7 @@ def fit(cfg: TrialConfig, options: RunOptions, on_epoch: Callable[[dict, Path | 
         for epoch in range(start_epoch, stage_epochs):
             lr = optimizer.param_groups[0]["lr"]
             sampler.set_epoch(epoch_offset + epoch)
-            sums = torch.zeros(4, dtype=torch.float64, device=device)
+            sums: dict[str, torch.Tensor] = {}
             t0 = time.perf_counter()
             for step, (x_weak, x_strong, idx) in enumerate(loader):
                 x_weak = normalize(x_weak.to(device, non_blocking=True), *data.train_norm)
@@ -194,7 +194,8 @@ def fit(cfg: TrialConfig, options: RunOptions, on_epoch: Callable[[dict, Path | 
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                sums += torch.stack([logs["loss"], logs["loss_neg"], logs["loss_con"], logs["loss_mix"]]).double()
+                for name, value in logs.items():
+                    sums[name] = sums[name] + value.double() if name in sums else value.double()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             epoch_s = time.perf_counter() - t0
@@ -211,12 +212,12 @@ def fit(cfg: TrialConfig, options: RunOptions, on_epoch: Callable[[dict, Path | 
             ev = evaluate(model, method, test_images, test_labels, data.test_norm, k, comm)
             eval_s = time.perf_counter() - t1
 
-            means = (sums / max(steps, 1)).tolist()
-            if not all(math.isfinite(v) for v in means):
+            means = {name: float(value) / max(steps, 1) for name, value in sums.items()}
+            if not all(math.isfinite(v) for v in means.values()):
+                terms = ", ".join(f"{k} {v}" for k, v in means.items())
                 raise TrainingDiverged(
-                    f"training loss is {means[0]} (neg {means[1]}, con {means[2]}, mix {means[3]}) in {stage} epoch "
-                    f"{epoch} of {cfg.describe()} [{cfg.config_hash}]; stopping. The last checkpoint holds the state "
-                    "before this epoch.")
+                    f"training loss is {means['loss']} ({terms}) in {stage} epoch {epoch} of {cfg.describe()} "
+                    f"[{cfg.config_hash}]; stopping. The last checkpoint holds the state before this epoch.")
             per_class = (ev["hits"] / ev["totals"].clamp_min(1) * 100).cpu()
             per_class_raw = (ev["hits_raw"] / ev["totals"].clamp_min(1) * 100).cpu()
             total = float(ev["totals"].sum())
@@ -232,7 +233,8 @@ def fit(cfg: TrialConfig, options: RunOptions, on_epoch: Callable[[dict, Path | 
                 "many_raw": many_raw, "medium_raw": medium_raw, "few_raw": few_raw,
                 "prior_kl": prior_kl(true_prior, prior.cpu()) if prior is not None else None,
                 "pseudo_label_acc": pl_acc, "mmc": mmc, "lr": lr,
-                "loss": means[0], "loss_neg": means[1], "loss_con": means[2], "loss_mix": means[3],
+                "loss": means["loss"], "loss_neg": means.get("loss_neg"), "loss_con": means.get("loss_con"),
+                "loss_mix": means.get("loss_mix"),
                 "epoch_s": epoch_s, "eval_s": eval_s, "images_per_s": samples_per_epoch / max(epoch_s, 1e-9),
                 "prior_est": prior.cpu().double().tolist() if prior is not None else None,
                 "per_class_acc": per_class.tolist(),

@@ -5,13 +5,16 @@ A method object holds its state (confidences W, priors, queues), and offers:
   adjust_test_logits(logits, classifier) -> logits                       the method's test-time prediction
   prior_estimate(classifier) -> tensor | None                            its current class-prior estimate
   state_dict() / load_state_dict(state)                                  for checkpoints
+and, for multi-stage methods, stages(), enter_stage(stage, fresh) and end_epoch(stage, epoch, predict_train)
+(see methods/base.py).
 """
 
 from __future__ import annotations
 
 from .corr import CorrFamily
+from .solar import SoLar
 
-METHODS = {"corr": CorrFamily}
+METHODS = {"corr": CorrFamily, "solar": SoLar}
 
 
 def create_method(cfg, candidates, class_counts, device, comm=None):

@@ -14,8 +14,8 @@ class PLLMethod:
         """(stage name, epochs) in order; each stage starts from a fresh model and optimiser."""
         return [("train", self.cfg.epochs)]
 
-    def begin_stage(self, stage: str) -> None:
-        """Called before the first epoch of a stage (not again when a stage is resumed mid-way)."""
+    def enter_stage(self, stage: str, fresh: bool) -> None:
+        """Called when a stage starts: fresh=True at its first epoch, False when a checkpoint resumes it mid-way."""
 
     def end_epoch(self, stage: str, epoch: int, predict_train) -> dict[str, float]:
         """After each epoch's steps, before the test pass. `predict_train()` returns test-transform logits of the
