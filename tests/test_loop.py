@@ -107,3 +107,20 @@ def test_cli_missing_data_root_is_a_clear_error(tmp_path, capsys):
             str(tmp_path / "run")]
     assert train_cli.main(argv) == 2
     assert str(tmp_path / "nowhere") in capsys.readouterr().err
+
+
+def test_bf16_runs_the_backbone_in_bf16_and_keeps_the_method_in_fp32():
+    from trainables.models import ModelHandle, create_model
+
+    model = ModelHandle(create_model("small-cnn", 10, seed=0).to(memory_format=torch.channels_last), "bf16")
+    seen = {}
+    model.net.body[0].register_forward_hook(lambda m, i, o: seen.setdefault("dtype", o.dtype))
+    logits, feats = model(torch.randn(4, 3, 32, 32))
+    assert seen["dtype"] == torch.bfloat16  # the convolutions ran under bf16 autocast
+    assert logits.dtype == feats.dtype == torch.float32  # what the method sees is fp32
+    cfg = TrialConfig(**{**SMALL, "epochs": 2, "records": True, "mixup": True, "precision": "bf16"})
+    result = fit(cfg, RunOptions(data_root="synthetic", num_workers=0, verbose=False))
+    assert result.method.confidences.dtype == torch.float32 and result.method.mu.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in result.model.parameters())  # master weights stay fp32
+    assert all(math.isfinite(r["loss"]) for r in result.history)
+    torch.testing.assert_close(result.method.confidences.sum(1), torch.ones(len(result.method.confidences)))

@@ -188,6 +188,23 @@ def test_killed_worker_is_replaced_and_continues_from_its_checkpoint(tmp_path):
     assert sorted(raw["epoch"].unique()) == list(range(6))
 
 
+# --- SoLar on the real CIFAR-10 copy through the Ray path ---------------------------------------------------------
+
+SHARED = ROOT.parent / "shared" / "data"
+
+
+@pytest.mark.skipif(not (SHARED / "cifar10").is_dir(), reason=f"the shared CIFAR-10 copy is not at {SHARED}")
+def test_solar_on_real_cifar10_through_ray(tmp_path):
+    args = [sys.executable, RUN_GRID, "--preset", "smoke", "--set", "variant=solar", "--storage", str(tmp_path),
+            "--name", "solar", *LOCAL_RAY[:-2], "--data-root", str(SHARED)]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=600, env=RAY_ENV)
+    ray_stop()
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    runs, epochs = assert_complete(tmp_path / "solar", 1)
+    assert list(epochs["stage"]) == ["estimate", "train", "train"]
+    assert epochs["sinkhorn_row_residual"].notna().all() and epochs["reliable_frac"].notna().all()
+
+
 # --- two DDP workers per cell ----------------------------------------------------------------------------------
 
 def test_two_workers_per_cell(tmp_path):

@@ -40,6 +40,8 @@ FAITHFUL_QUIRKS = {
     "DistributedSampler (§1.5), instead of on the training seed",
     "mixup_epoch0": "forward the mixed views in epoch 0 although their loss is off (§5.2); they still "
     "enter the BatchNorm statistics",
+    "sinkhorn": "SoLar's Sinkhorn in probability space for always 50 iterations, as the reference (§7.3, "
+    "§11.11), instead of in log space with a stop test",
 }
 
 # SoLar's per-dataset hyper-parameters (METHOD.md §7.5); None in a config means "the dataset's value".

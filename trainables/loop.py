@@ -111,6 +111,26 @@ def predict_images(model: ModelHandle, images: torch.Tensor, norm) -> torch.Tens
     return torch.cat(out)
 
 
+def train_steps(model: ModelHandle, method, optimizer, batches, norm, device: torch.device, epoch: int
+                ) -> dict[str, torch.Tensor]:
+    """One pass of the method's steps over `batches` (the loader, or a slice of it); returns the summed loss terms,
+    still on the device: nothing here reads a value back to the host."""
+    sums: dict[str, torch.Tensor] = {}
+    for step, (x_weak, x_strong, idx) in enumerate(batches):
+        x_weak = normalize(x_weak.to(device, non_blocking=True), *norm)
+        x_strong = normalize(x_strong.to(device, non_blocking=True), *norm)
+        idx = idx.to(device, non_blocking=True)
+        loss, logs = method.train_step(model, x_weak, x_strong, idx, epoch, step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        for name, value in logs.items():
+            sums[name] = sums[name] + value.double() if name in sums else value.double()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return sums
+
+
 def _to_device_images(images: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 NHWC array -> uint8 NCHW tensor on the device (normalised per batch at use)."""
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous().to(device)
@@ -184,20 +204,8 @@ def fit(cfg: TrialConfig, options: RunOptions, on_epoch: Callable[[dict, Path | 
         for epoch in range(start_epoch, stage_epochs):
             lr = optimizer.param_groups[0]["lr"]
             sampler.set_epoch(epoch_offset + epoch)
-            sums: dict[str, torch.Tensor] = {}
             t0 = time.perf_counter()
-            for step, (x_weak, x_strong, idx) in enumerate(loader):
-                x_weak = normalize(x_weak.to(device, non_blocking=True), *data.train_norm)
-                x_strong = normalize(x_strong.to(device, non_blocking=True), *data.train_norm)
-                idx = idx.to(device, non_blocking=True)
-                loss, logs = method.train_step(model, x_weak, x_strong, idx, epoch, step)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                for name, value in logs.items():
-                    sums[name] = sums[name] + value.double() if name in sums else value.double()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            sums = train_steps(model, method, optimizer, loader, data.train_norm, device, epoch)
             epoch_s = time.perf_counter() - t0
             scheduler.step()
 

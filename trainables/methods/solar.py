@@ -188,7 +188,7 @@ class SoLar(PLLMethod):
                 self.queue = torch.cat([batch_all, self.queue[:-g]]) if g < q_len else batch_all[-q_len:].clone()
                 self.queue_rows += g
             plan, residuals = sinkhorn(stacked, self.prior, hp["solar_lamd"],
-                                       faithful=self.cfg.is_faithful("disamb_arith"))
+                                       faithful=self.cfg.is_faithful("sinkhorn"))
             start = stacked.shape[0] - batch_all.shape[0] + comm.rank * b
             soft = plan[start:start + b].float()
             pseudo = soft.argmax(dim=1)

@@ -1,0 +1,221 @@
+"""Throughput of the full training step against its floor and the data pipeline, and peak memory of a run.
+
+    python benchmarks/train_step.py                              # everything (long for ResNet-18 on a CPU)
+    python benchmarks/train_step.py --archs small-cnn --batches 64 --steps 5
+    python benchmarks/train_step.py --memory-only
+
+For each architecture, batch size and precision it prints training samples per second:
+  * floor: the bare model's fwd+bwd+SGD step on random tensors of the step's shape (2 or 4 views per sample);
+  * pipeline: the data loader alone (decode-free uint8 arrays -> weak and strong views), at the configured workers;
+  * step: the real method step (CIFAR-10-LT rho=100 q=0.3 from --data-root, loader, normalisation, forward, loss,
+    disambiguation, backward, SGD), in epoch 1, so the confidence update and the mixup loss are on;
+and the step/floor time ratio. Figures on a shared machine are noisy: compare ratios from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from trainables.comm import Comm  # noqa: E402
+from trainables.config import TrialConfig  # noqa: E402
+from trainables.data.loaders import build_dataset, make_train_loader  # noqa: E402
+from trainables.loop import EVAL_BATCH, build_optimizer, evaluate, train_steps  # noqa: E402
+from trainables.methods import create_method  # noqa: E402
+from trainables.models import ModelHandle, create_model  # noqa: E402
+
+VARIANTS = {
+    "corr": dict(),
+    "records": dict(records=True),
+    "records+mixup": dict(records=True, mixup=True),
+    "solar": dict(method="solar"),
+}
+VIEWS = {"corr": 2, "records": 2, "records+mixup": 4, "solar": 2.6}  # forward+backward images per sample (§12.1)
+
+
+def cell(arch: str, batch: int, precision: str, variant: str) -> TrialConfig:
+    return TrialConfig(dataset="cifar10", rho=100, q=0.3, arch=arch, batch_size=batch, precision=precision,
+                       **VARIANTS[variant])
+
+
+def floor_rate(arch: str, batch: int, views: int, precision: str, steps: int, warmup: int) -> float:
+    """Samples/s of fwd + CE + bwd + SGD on random tensors of shape [views * batch, 3, 32, 32]."""
+    g = torch.Generator().manual_seed(0)
+    net = create_model(arch, 10, seed=0)
+    if precision == "bf16":
+        net = net.to(memory_format=torch.channels_last)
+    model = ModelHandle(net, precision)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(views * batch, 3, 32, 32, generator=g)
+    y = torch.randint(0, 10, (views * batch,), generator=g)
+
+    def step():
+        logits, _ = model(x)
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * batch / (time.perf_counter() - t0)
+
+
+def pipeline_rate(data, cfg: TrialConfig, workers: int, steps: int, warmup: int) -> float:
+    loader, sampler = make_train_loader(data, cfg, workers)
+    sampler.set_epoch(1)
+    it = iter(loader)
+    for _ in range(warmup):
+        next(it)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        next(it)
+    rate = steps * cfg.batch_size / (time.perf_counter() - t0)
+    del it, loader
+    return rate
+
+
+def step_rate(data, cfg: TrialConfig, workers: int, steps: int, warmup: int) -> float:
+    device = torch.device("cpu")
+    net = create_model(cfg.arch, 10, seed=cfg.seed)
+    if cfg.precision == "bf16":
+        net = net.to(memory_format=torch.channels_last)
+    model = ModelHandle(net, cfg.precision)
+    optimizer, _ = build_optimizer(cfg, net)
+    method = create_method(cfg, torch.from_numpy(data.train.candidates), data.train.counts, device, Comm())
+    method.enter_stage("train", fresh=True)
+    if cfg.method == "solar":  # steady state: a full prediction queue, so Sinkhorn runs on [queue; batch]
+        g = torch.Generator().manual_seed(1)
+        method.queue = torch.softmax(torch.randn(method.queue.shape, generator=g), 1)
+        method.queue_rows = len(method.queue)
+    loader, sampler = make_train_loader(data, cfg, workers)
+    sampler.set_epoch(1)
+    batches = iter(loader)
+    train_steps(model, method, optimizer, itertools.islice(batches, warmup), data.train_norm, device, epoch=1)
+    t0 = time.perf_counter()
+    train_steps(model, method, optimizer, itertools.islice(batches, steps), data.train_norm, device, epoch=1)
+    return steps * cfg.batch_size / (time.perf_counter() - t0)
+
+
+def throughput(args) -> None:
+    rows = []
+    header = (f"{'arch':<10}{'batch':>6} {'prec':<5} {'method':<14}{'step/s':>9}{'floor/s':>9}{'step/floor':>11}"
+              f"{'pipeline/s':>12}")
+    print(header, flush=True)
+    for arch, batch in itertools.product(args.archs, args.batches):
+        data = build_dataset(cell(arch, batch, "fp32", "corr"), args.data_root)
+        pipe = pipeline_rate(data, cell(arch, batch, "fp32", "corr"), args.workers, args.steps, args.warmup)
+        for precision in args.precisions:
+            floors: dict[float, float] = {}
+            for variant in args.methods:
+                views = VIEWS[variant]
+                floor_views = 4 if views == 4 else 2
+                if floor_views not in floors:
+                    floors[floor_views] = floor_rate(arch, batch, floor_views, precision, args.steps, args.warmup)
+                floor = floors[floor_views]
+                if variant == "solar":  # its floor: 2 full views plus the mixed reliable subset (~0.6 of a batch)
+                    floor = floor * 2 / views
+                rate = step_rate(data, cell(arch, batch, precision, variant), args.workers, args.steps, args.warmup)
+                rows.append((arch, batch, precision, variant, rate, floor, pipe))
+                print(f"{arch:<10}{batch:>6} {precision:<5} {variant:<14}{rate:>9.1f}{floor:>9.1f}{floor / rate:>11.2f}"
+                      f"{pipe:>12.0f}", flush=True)
+    if "bf16" in args.precisions and "fp32" in args.precisions:
+        print("\nbf16 / fp32 step speed-up")
+        fp32 = {(a, b, m): r for a, b, p, m, r, _, _ in rows if p == "fp32"}
+        for a, b, p, m, r, _, _ in rows:
+            if p == "bf16" and (a, b, m) in fp32:
+                print(f"{a:<10}{b:>6} {m:<14}{r / fp32[(a, b, m)]:>6.2f}x")
+    solar = {(a, b, p): r for a, b, p, m, r, _, _ in rows if m == "solar"}
+    records = {(a, b, p): r for a, b, p, m, r, _, _ in rows if m == "records"}
+    if solar and records:
+        print("\nSoLar step time / CORR+RECORDS step time")
+        for key in solar:
+            if key in records:
+                print(f"{key[0]:<10}{key[1]:>6} {key[2]:<5} {records[key] / solar[key]:>6.2f}x")
+
+
+def memory_probe(args) -> None:
+    """Peak resident memory of one ResNet-18 CIFAR-10-LT run: data, model, a full test pass and training steps with
+    the loader workers, the process tree sampled every 50 ms (run in a fresh process)."""
+    cmd = [sys.executable, __file__, "--_memory-child", "--data-root", args.data_root, "--workers", str(args.workers),
+           "--steps", str(args.memory_steps), "--precisions", *args.precisions]
+    proc = subprocess.Popen(cmd)
+    root = psutil.Process(proc.pid)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            tree = [root, *root.children(recursive=True)]
+            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+        except psutil.Error:
+            pass
+        time.sleep(0.05)
+    if proc.returncode:
+        raise SystemExit(f"memory probe failed ({proc.returncode})")
+    print(f"peak resident memory of the run's process tree (main + {args.workers} loader workers): "
+          f"{peak / 2**30:.2f} GiB (target < 4 GiB)")
+
+
+def _memory_child(args) -> None:
+    cfg = cell("resnet18", 256, args.precisions[0], "records")
+    data = build_dataset(cfg, args.data_root)
+    device = torch.device("cpu")
+    net = create_model("resnet18", 10, seed=cfg.seed)
+    if cfg.precision == "bf16":
+        net = net.to(memory_format=torch.channels_last)
+    model = ModelHandle(net, cfg.precision)
+    optimizer, _ = build_optimizer(cfg, net)
+    method = create_method(cfg, torch.from_numpy(data.train.candidates), data.train.counts, device, Comm())
+    loader, sampler = make_train_loader(data, cfg, args.workers)
+    sampler.set_epoch(1)
+    train_steps(model, method, optimizer, itertools.islice(iter(loader), args.steps), data.train_norm, device, 1)
+    images = torch.from_numpy(data.test_images).permute(0, 3, 1, 2).contiguous()
+    evaluate(model, method, images, torch.from_numpy(data.test_labels), data.test_norm, 10, Comm())
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"main process peak RSS {own:.2f} GiB ({cfg.precision}, batch 256, test batch {EVAL_BATCH})", flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--archs", nargs="+", default=["resnet18", "small-cnn"])
+    p.add_argument("--batches", nargs="+", type=int, default=[64, 256])
+    p.add_argument("--methods", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    p.add_argument("--steps", type=int, default=3, help="timed steps per measurement")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--data-root", default=os.environ.get("RECORDS_DATA_ROOT", "../shared/data"))
+    p.add_argument("--memory-only", action="store_true")
+    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--memory-steps", type=int, default=2)
+    p.add_argument("--_memory-child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args._memory_child:
+        _memory_child(args)
+        return
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+          f"{args.workers} loader worker(s), data {args.data_root}", flush=True)
+    if not args.memory_only:
+        throughput(args)
+    if not args.no_memory:
+        memory_probe(args)
+
+
+if __name__ == "__main__":
+    main()
