@@ -314,16 +314,20 @@ def shots_table_tidy(runs: pd.DataFrame, dataset_table: str | None = None, *, ra
                      paper_oracle_mode: str = DEFAULT_ORACLE_MODE,
                      average_over: Sequence[str] = DEFAULT_AVERAGE_OVER) -> pd.DataFrame:
     """Many / medium / few-shot accuracy at the last epoch, one row per cell and shot group (`shot` column)."""
-    parts = []
-    for shot in SHOTS:
-        column = f"final_{shot}_raw" if raw else f"final_{shot}"
-        t = cell_stats(runs, column, dataset_table, paper_oracle_mode=paper_oracle_mode, average_over=average_over)
-        parts.append(t.assign(shot=shot))
+    columns = [(shot, f"final_{shot}_raw" if raw else f"final_{shot}") for shot in SHOTS]
+    return _stacked_stats(runs, columns, "shot", dataset_table, paper_oracle_mode, average_over)
+
+
+def _stacked_stats(runs: pd.DataFrame, columns: Sequence[tuple[str, str]], key: str, dataset_table: str | None,
+                   paper_oracle_mode: str, average_over: Sequence[str]) -> pd.DataFrame:
+    """cell_stats of several columns stacked into one tidy frame, labelled by `key` (in the given order)."""
+    parts = [cell_stats(runs, column, dataset_table, paper_oracle_mode=paper_oracle_mode,
+                        average_over=average_over).assign(**{key: label}) for label, column in columns]
     tidy = pd.concat(parts, ignore_index=True)
     extra = _extra_columns(tidy)
-    tidy["shot"] = pd.Categorical(tidy["shot"], categories=SHOTS, ordered=True)
-    tidy = _sort(tidy, extra, last=["shot"])
-    tidy["shot"] = tidy["shot"].astype(str)
+    tidy[key] = pd.Categorical(tidy[key], categories=[label for label, _ in columns], ordered=True)
+    tidy = _sort(tidy, extra, last=[key])
+    tidy[key] = tidy[key].astype(str)
     tidy.attrs = parts[0].attrs
     return tidy
 
@@ -357,17 +361,8 @@ def raw_vs_adjusted_tidy(runs: pd.DataFrame, dataset_table: str | None = None, *
     if sel.empty:
         return pd.DataFrame()
     sel = sel.assign(_gain=sel["final_top1"] - sel["final_top1_raw"])
-    parts = []
-    for kind, column in zip(RAW_KINDS, ("final_top1", "final_top1_raw", "_gain")):
-        t = cell_stats(sel, column, dataset_table, paper_oracle_mode=paper_oracle_mode, average_over=average_over)
-        parts.append(t.assign(kind=kind))
-    tidy = pd.concat(parts, ignore_index=True)
-    extra = _extra_columns(tidy)
-    tidy["kind"] = pd.Categorical(tidy["kind"], categories=RAW_KINDS, ordered=True)
-    tidy = _sort(tidy, extra, last=["kind"])
-    tidy["kind"] = tidy["kind"].astype(str)
-    tidy.attrs = parts[0].attrs
-    return tidy
+    columns = list(zip(RAW_KINDS, ("final_top1", "final_top1_raw", "_gain")))
+    return _stacked_stats(sel, columns, "kind", dataset_table, paper_oracle_mode, average_over)
 
 
 def raw_vs_adjusted(runs: pd.DataFrame, dataset_table: str, *, all_methods: bool = False,

@@ -18,6 +18,7 @@ import argparse
 import itertools
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -41,7 +42,9 @@ VARIANTS = {
     "records+mixup": dict(records=True, mixup=True),
     "solar": dict(method="solar"),
 }
-VIEWS = {"corr": 2, "records": 2, "records+mixup": 4, "solar": 2.6}  # forward+backward images per sample (§12.1)
+# The floor's forward calls per step, in batches: one concatenated 2B (or 4B with mixup) batch for the CORR family;
+# SoLar's separate weak and strong forwards plus the mixed reliable subset, at the share its measured steps selected.
+FLOOR_CHUNKS = {"corr": (2.0,), "records": (2.0,), "records+mixup": (4.0,), "solar": (1.0, 1.0)}
 
 
 def cell(arch: str, batch: int, precision: str, variant: str) -> TrialConfig:
@@ -49,47 +52,54 @@ def cell(arch: str, batch: int, precision: str, variant: str) -> TrialConfig:
                        **VARIANTS[variant])
 
 
-def floor_rate(arch: str, batch: int, views: int, precision: str, steps: int, warmup: int) -> float:
-    """Samples/s of fwd + CE + bwd + SGD on random tensors of shape [views * batch, 3, 32, 32]."""
+def timed(step, batch: int, warmup: int, min_steps: int, min_seconds: float) -> float:
+    """Samples/s of `step()` after `warmup` calls, over at least min_steps calls and min_seconds."""
+    for _ in range(warmup):
+        step()
+    n, t0 = 0, time.perf_counter()
+    while n < min_steps or time.perf_counter() - t0 < min_seconds:
+        step()
+        n += 1
+    return n * batch / (time.perf_counter() - t0)
+
+
+def floor_step(arch: str, batch: int, chunks: tuple[float, ...], precision: str):
+    """The bare model: forwards of random tensors of the step's shapes, CE, one backward, SGD."""
     g = torch.Generator().manual_seed(0)
     net = create_model(arch, 10, seed=0)
     if precision == "bf16":
         net = net.to(memory_format=torch.channels_last)
     model = ModelHandle(net, precision)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-    x = torch.randn(views * batch, 3, 32, 32, generator=g)
-    y = torch.randint(0, 10, (views * batch,), generator=g)
+    xs = [torch.randn(max(2, round(c * batch)), 3, 32, 32, generator=g) for c in chunks]
+    ys = [torch.randint(0, 10, (len(x),), generator=g) for x in xs]
 
     def step():
-        logits, _ = model(x)
-        loss = torch.nn.functional.cross_entropy(logits, y)
+        loss = sum(torch.nn.functional.cross_entropy(model(x)[0], y) for x, y in zip(xs, ys))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    for _ in range(warmup):
-        step()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return steps * batch / (time.perf_counter() - t0)
+    return step
 
 
-def pipeline_rate(data, cfg: TrialConfig, workers: int, steps: int, warmup: int) -> float:
+def _endless(loader, sampler):
+    epoch = 1
+    while True:
+        sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def pipeline_step(data, cfg: TrialConfig, workers: int):
     loader, sampler = make_train_loader(data, cfg, workers)
-    sampler.set_epoch(1)
-    it = iter(loader)
-    for _ in range(warmup):
-        next(it)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        next(it)
-    rate = steps * cfg.batch_size / (time.perf_counter() - t0)
-    del it, loader
-    return rate
+    batches = _endless(loader, sampler)
+    return lambda: next(batches)
 
 
-def step_rate(data, cfg: TrialConfig, workers: int, steps: int, warmup: int) -> float:
+def method_step(data, cfg: TrialConfig, workers: int):
+    """The real step (loader, normalisation, the method's forward, loss and update, backward, SGD) in epoch 1;
+    also returns a function giving the share of samples SoLar selected as reliable (0 for the CORR family)."""
     device = torch.device("cpu")
     net = create_model(cfg.arch, 10, seed=cfg.seed)
     if cfg.precision == "bf16":
@@ -103,12 +113,17 @@ def step_rate(data, cfg: TrialConfig, workers: int, steps: int, warmup: int) -> 
         method.queue = torch.softmax(torch.randn(method.queue.shape, generator=g), 1)
         method.queue_rows = len(method.queue)
     loader, sampler = make_train_loader(data, cfg, workers)
-    sampler.set_epoch(1)
-    batches = iter(loader)
-    train_steps(model, method, optimizer, itertools.islice(batches, warmup), data.train_norm, device, epoch=1)
-    t0 = time.perf_counter()
-    train_steps(model, method, optimizer, itertools.islice(batches, steps), data.train_norm, device, epoch=1)
-    return steps * cfg.batch_size / (time.perf_counter() - t0)
+    batches = _endless(loader, sampler)
+
+    def step():
+        train_steps(model, method, optimizer, itertools.islice(batches, 1), data.train_norm, device, epoch=1)
+
+    def reliable_share() -> float:
+        if cfg.method != "solar":
+            return 0.0
+        return float(method._stats["reliable"] / method._stats["seen"].clamp_min(1))
+
+    return step, reliable_share
 
 
 def throughput(args) -> None:
@@ -116,23 +131,23 @@ def throughput(args) -> None:
     header = (f"{'arch':<10}{'batch':>6} {'prec':<5} {'method':<14}{'step/s':>9}{'floor/s':>9}{'step/floor':>11}"
               f"{'pipeline/s':>12}")
     print(header, flush=True)
+    budget = dict(warmup=args.warmup, min_steps=args.steps, min_seconds=args.min_seconds)
     for arch, batch in itertools.product(args.archs, args.batches):
         data = build_dataset(cell(arch, batch, "fp32", "corr"), args.data_root)
-        pipe = pipeline_rate(data, cell(arch, batch, "fp32", "corr"), args.workers, args.steps, args.warmup)
-        for precision in args.precisions:
-            floors: dict[float, float] = {}
-            for variant in args.methods:
-                views = VIEWS[variant]
-                floor_views = 4 if views == 4 else 2
-                if floor_views not in floors:
-                    floors[floor_views] = floor_rate(arch, batch, floor_views, precision, args.steps, args.warmup)
-                floor = floors[floor_views]
-                if variant == "solar":  # its floor: 2 full views plus the mixed reliable subset (~0.6 of a batch)
-                    floor = floor * 2 / views
-                rate = step_rate(data, cell(arch, batch, precision, variant), args.workers, args.steps, args.warmup)
-                rows.append((arch, batch, precision, variant, rate, floor, pipe))
-                print(f"{arch:<10}{batch:>6} {precision:<5} {variant:<14}{rate:>9.1f}{floor:>9.1f}{floor / rate:>11.2f}"
-                      f"{pipe:>12.0f}", flush=True)
+        pipe = timed(pipeline_step(data, cell(arch, batch, "fp32", "corr"), args.workers), batch, **budget)
+        for precision, variant in itertools.product(args.precisions, args.methods):
+            cfg = cell(arch, batch, precision, variant)
+            step, reliable_share = method_step(data, cfg, args.workers)
+            rates, floors = [], []
+            for _ in range(args.repeats):  # alternate step and floor, so a drifting machine hits both alike
+                rates.append(timed(step, batch, **budget))
+                chunks = FLOOR_CHUNKS[variant] + ((round(reliable_share(), 2),) if variant == "solar" else ())
+                floors.append(timed(floor_step(arch, batch, chunks, precision), batch, **budget))
+            rate, floor = statistics.median(rates), statistics.median(floors)
+            ratio = statistics.median(f / r for f, r in zip(floors, rates))
+            rows.append((arch, batch, precision, variant, rate, floor, pipe))
+            print(f"{arch:<10}{batch:>6} {precision:<5} {variant:<14}{rate:>9.1f}{floor:>9.1f}{ratio:>11.2f}"
+                  f"{pipe:>12.0f}", flush=True)
     if "bf16" in args.precisions and "fp32" in args.precisions:
         print("\nbf16 / fp32 step speed-up")
         fp32 = {(a, b, m): r for a, b, p, m, r, _, _ in rows if p == "fp32"}
@@ -152,7 +167,7 @@ def memory_probe(args) -> None:
     """Peak resident memory of one ResNet-18 CIFAR-10-LT run: data, model, a full test pass and training steps with
     the loader workers, the process tree sampled every 50 ms (run in a fresh process)."""
     cmd = [sys.executable, __file__, "--_memory-child", "--data-root", args.data_root, "--workers", str(args.workers),
-           "--steps", str(args.memory_steps), "--precisions", *args.precisions]
+           "--memory-steps", str(args.memory_steps), "--precisions", *args.precisions]
     proc = subprocess.Popen(cmd)
     root = psutil.Process(proc.pid)
     peak = 0
@@ -181,7 +196,8 @@ def _memory_child(args) -> None:
     method = create_method(cfg, torch.from_numpy(data.train.candidates), data.train.counts, device, Comm())
     loader, sampler = make_train_loader(data, cfg, args.workers)
     sampler.set_epoch(1)
-    train_steps(model, method, optimizer, itertools.islice(iter(loader), args.steps), data.train_norm, device, 1)
+    train_steps(model, method, optimizer, itertools.islice(iter(loader), args.memory_steps), data.train_norm, device,
+                1)
     images = torch.from_numpy(data.test_images).permute(0, 3, 1, 2).contiguous()
     evaluate(model, method, images, torch.from_numpy(data.test_labels), data.test_norm, 10, Comm())
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -194,8 +210,10 @@ def main() -> None:
     p.add_argument("--batches", nargs="+", type=int, default=[64, 256])
     p.add_argument("--methods", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
-    p.add_argument("--steps", type=int, default=3, help="timed steps per measurement")
+    p.add_argument("--steps", type=int, default=2, help="at least this many timed steps per measurement")
+    p.add_argument("--min-seconds", type=float, default=6.0, help="and at least this long")
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=2, help="alternating step/floor measurements; medians reported")
     p.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--data-root", default=os.environ.get("RECORDS_DATA_ROOT", "../shared/data"))
