@@ -42,7 +42,7 @@ def _save(fig: Figure, save: str | Path | None) -> Figure:
     if save is not None:
         path = Path(save)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
     return fig
 
 
@@ -76,7 +76,8 @@ def _cell_grid(sel: pd.DataFrame, width: float = 4.2, height: float = 3.2, extra
     """A figure with one axes per (ρ, q) cell: rows ρ, columns q."""
     rhos = sorted(sel["rho"].astype(float).unique())
     qs = sorted(sel["q"].astype(float).unique())
-    fig = Figure(figsize=(width * len(qs), height * len(rhos) + extra_height), layout="constrained")
+    # at least 7.5 inches wide, so a one-cell sweep still has room for the suptitle and the legend
+    fig = Figure(figsize=(max(7.5, width * len(qs)), height * len(rhos) + extra_height), layout="constrained")
     axes = fig.subplots(len(rhos), len(qs), squeeze=False)
     return fig, {(r, q): axes[i, j] for i, r in enumerate(rhos) for j, q in enumerate(qs)}
 

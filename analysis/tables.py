@@ -307,7 +307,30 @@ def compare_published(runs: pd.DataFrame, dataset_table: str, *, best: bool = Fa
         note = f"There is no published table for {dataset_table} (the README has CIFAR-10-LT and CIFAR-100-LT only)."
     title = f"{dataset_table}: test top1 (%) {_when(best)} vs the published numbers"
     caption = f"{_rule(tidy.attrs['row_keys'][dataset_table])} {note} Δ = our mean − published."
+    off = off_paper_settings(runs[[table_name(d, n) == dataset_table for d, n in zip(runs["dataset"], runs["nu"])]])
+    if off:
+        caption += (" Caution: these runs differ from the paper's settings (" + ", ".join(off)
+                    + "), so the published numbers are not their target.")
     return _decorate(_pivot(tidy, "cell"), title, caption, tidy)
+
+
+# The settings behind the published numbers (METHOD.md Appendix A); SoLar's own knobs are its per-dataset defaults.
+PAPER_SETTINGS = {"arch": "resnet18", "epochs": 800, "batch_size": 256, "lr": 0.01, "weight_decay": 1e-3,
+                  "momentum": 0.9, "lr_min_ratio": 1e-3, "img_max": None, "test_per_class": None, "data_seed": 0,
+                  "upd_start": 1, "prior_momentum": 0.9, "mixup_weight": 1.0, "mixup_beta": 4.0}
+
+
+def off_paper_settings(runs: pd.DataFrame) -> list[str]:
+    """'field=value' for each setting in which some of these runs differ from the paper's."""
+    out = []
+    for name, paper in PAPER_SETTINGS.items():
+        if name not in runs.columns:
+            continue
+        values = {_key(v) for v in runs[name]}
+        other = sorted(v for v in values if v != _key(paper))
+        if other:
+            out.append(f"{name}={'/'.join(other)}")
+    return out
 
 
 def shots_table_tidy(runs: pd.DataFrame, dataset_table: str | None = None, *, raw: bool = False,

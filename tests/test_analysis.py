@@ -222,6 +222,15 @@ def test_published_comparison(frames):
     assert nu.attrs["tidy"]["published"].isna().all()
     assert "no published table for CIFAR-100-LT-NU" in nu.attrs["caption"]
 
+
+def test_published_comparison_warns_when_settings_differ_from_the_paper(frames):
+    runs, _ = frames
+    paper_like = runs.assign(arch="resnet18", epochs=800, img_max=None, test_per_class=None, batch_size=256)
+    assert "Caution" not in compare_published(paper_like, C10).attrs["caption"]
+    small = paper_like.assign(arch="small-cnn", epochs=4)
+    caption = compare_published(small, C10).attrs["caption"]
+    assert "differ from the paper's settings (arch=small-cnn, epochs=4)" in caption
+
     # With 'loss' as the paper's Oracle-LA mode, the loss runs take the README row and the disamb runs lose it.
     loss = compare_published_tidy(runs, C10, paper_oracle_mode="loss")
     assert cell(loss, "CORR + Oracle-LA", 50.0, 0.3)["published"] == 36.27
