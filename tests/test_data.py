@@ -65,7 +65,8 @@ def test_test_normalisation_and_batch_order_switches():
 
 
 def test_batch_larger_than_the_lt_set_is_refused():
-    with pytest.raises(ValueError, match="batch_size=256 exceeds the 131 training images"):
+    n = sum(class_counts(50, 10, 100))
+    with pytest.raises(ValueError, match=f"batch_size=256 exceeds the {n} training images"):
         build_dataset(TrialConfig(img_max=50, rho=100), "synthetic")
 
 

@@ -114,7 +114,11 @@ def test_bf16_runs_the_backbone_in_bf16_and_keeps_the_method_in_fp32():
 
     model = ModelHandle(create_model("small-cnn", 10, seed=0).to(memory_format=torch.channels_last), "bf16")
     seen = {}
-    model.net.body[0].register_forward_hook(lambda m, i, o: seen.setdefault("dtype", o.dtype))
+
+    def record_dtype(module, inputs, output):
+        seen["dtype"] = output.dtype  # returns None: the hook leaves the output alone
+
+    model.net.body[0].register_forward_hook(record_dtype)
     logits, feats = model(torch.randn(4, 3, 32, 32))
     assert seen["dtype"] == torch.bfloat16  # the convolutions ran under bf16 autocast
     assert logits.dtype == feats.dtype == torch.float32  # what the method sees is fp32

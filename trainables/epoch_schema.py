@@ -26,7 +26,7 @@ EPOCH_SCALARS = {
     "loss_con": "mean consistency term: CORR's KL terms; SoLar's strong view against the OT labels",
     "loss_mix": "mean mixup term (0 when off)",
     "epoch_s": "wall seconds of the epoch's training steps",
-    "eval_s": "wall seconds of the test pass",
+    "eval_s": "wall seconds of the test pass (and of SoLar's pass over the training set)",
     "images_per_s": "training samples per second (each sample forwards 2 or 4 views)",
 }
 EPOCH_LISTS = {

@@ -133,7 +133,8 @@ def train_steps(model: ModelHandle, method, optimizer, batches, norm, device: to
 
 def _to_device_images(images: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 NHWC array -> uint8 NCHW tensor on the device (normalised per batch at use)."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous().to(device)
+    # the transposing copy is also writable (the source arrays are read-only), as torch.from_numpy wants
+    return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
 
 
 def fit(cfg: TrialConfig, options: RunOptions, on_epoch: Callable[[dict, Path | None], None] | None = None,
@@ -215,8 +216,8 @@ def fit(cfg: TrialConfig, options: RunOptions, on_epoch: Callable[[dict, Path | 
                     train_images_dev = _to_device_images(data.train_images, device)
                 return predict_images(model, train_images_dev, data.test_norm)
 
-            extra = method.end_epoch(stage, epoch, predict_train)
             t1 = time.perf_counter()
+            extra = method.end_epoch(stage, epoch, predict_train)
             ev = evaluate(model, method, test_images, test_labels, data.test_norm, k, comm)
             eval_s = time.perf_counter() - t1
 

@@ -65,7 +65,7 @@ def build_dataset(cfg: TrialConfig, data_root: str, download: bool = False) -> T
         train_images=np.ascontiguousarray(train_split.images[lt.indices]),
         train=lt,
         test_images=test_images,
-        test_labels=np.asarray(test_labels, dtype=np.int64),
+        test_labels=np.array(test_labels, dtype=np.int64),  # a writable copy: torch.from_numpy wants one
         num_classes=k,
         train_norm=normalization(cfg.dataset, "train"),
         test_norm=normalization(cfg.dataset, "test", faithful_test_norm=cfg.is_faithful("test_norm")),
