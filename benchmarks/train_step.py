@@ -15,6 +15,7 @@ and the step/floor time ratio. Figures on a shared machine are noisy: compare ra
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import os
 import resource
@@ -24,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import torch
 
@@ -94,7 +96,20 @@ def _endless(loader, sampler):
 def pipeline_step(data, cfg: TrialConfig, workers: int):
     loader, sampler = make_train_loader(data, cfg, workers)
     batches = _endless(loader, sampler)
-    return lambda: next(batches)
+
+    def step():
+        next(batches)
+
+    step.batches = batches
+    return step
+
+
+def _release(step) -> None:
+    """Stop a measured loader's worker processes now: left to the garbage collector, they would still hold CPU
+    while the next configuration is timed."""
+    step.batches.close()
+    del step.batches
+    gc.collect()
 
 
 def method_step(data, cfg: TrialConfig, workers: int):
@@ -118,6 +133,8 @@ def method_step(data, cfg: TrialConfig, workers: int):
     def step():
         train_steps(model, method, optimizer, itertools.islice(batches, 1), data.train_norm, device, epoch=1)
 
+    step.batches = batches
+
     def reliable_share() -> float:
         if cfg.method != "solar":
             return 0.0
@@ -134,7 +151,9 @@ def throughput(args) -> None:
     budget = dict(warmup=args.warmup, min_steps=args.steps, min_seconds=args.min_seconds)
     for arch, batch in itertools.product(args.archs, args.batches):
         data = build_dataset(cell(arch, batch, "fp32", "corr"), args.data_root)
-        pipe = timed(pipeline_step(data, cell(arch, batch, "fp32", "corr"), args.workers), batch, **budget)
+        pipe_step = pipeline_step(data, cell(arch, batch, "fp32", "corr"), args.workers)
+        pipe = timed(pipe_step, batch, **budget)
+        _release(pipe_step)
         for precision, variant in itertools.product(args.precisions, args.methods):
             cfg = cell(arch, batch, precision, variant)
             step, reliable_share = method_step(data, cfg, args.workers)
@@ -143,6 +162,7 @@ def throughput(args) -> None:
                 rates.append(timed(step, batch, **budget))
                 chunks = FLOOR_CHUNKS[variant] + ((round(reliable_share(), 2),) if variant == "solar" else ())
                 floors.append(timed(floor_step(arch, batch, chunks, precision), batch, **budget))
+            _release(step)
             rate, floor = statistics.median(rates), statistics.median(floors)
             ratio = statistics.median(f / r for f, r in zip(floors, rates))
             rows.append((arch, batch, precision, variant, rate, floor, pipe))
@@ -165,23 +185,26 @@ def throughput(args) -> None:
 
 def memory_probe(args) -> None:
     """Peak resident memory of one ResNet-18 CIFAR-10-LT run: data, model, a full test pass and training steps with
-    the loader workers, the process tree sampled every 50 ms (run in a fresh process)."""
+    the loader workers, the process tree sampled every 100 ms (run in a fresh process)."""
     cmd = [sys.executable, __file__, "--_memory-child", "--data-root", args.data_root, "--workers", str(args.workers),
            "--memory-steps", str(args.memory_steps), "--precisions", *args.precisions]
     proc = subprocess.Popen(cmd)
     root = psutil.Process(proc.pid)
-    peak = 0
+    peak_rss = peak_pss = 0
     while proc.poll() is None:
+        rss = pss = 0
         try:
-            tree = [root, *root.children(recursive=True)]
-            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            for p in [root, *root.children(recursive=True)]:
+                info = p.memory_full_info()
+                rss, pss = rss + info.rss, pss + info.pss
         except psutil.Error:
             pass
-        time.sleep(0.05)
+        peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+        time.sleep(0.1)
     if proc.returncode:
         raise SystemExit(f"memory probe failed ({proc.returncode})")
-    print(f"peak resident memory of the run's process tree (main + {args.workers} loader workers): "
-          f"{peak / 2**30:.2f} GiB (target < 4 GiB)")
+    print(f"peak memory of the run's process tree (main + {args.workers} loader worker): {peak_pss / 2**30:.2f} GiB "
+          f"PSS (shared pages counted once; target < 4 GiB), {peak_rss / 2**30:.2f} GiB as a plain sum of RSS")
 
 
 def _memory_child(args) -> None:
@@ -198,7 +221,7 @@ def _memory_child(args) -> None:
     sampler.set_epoch(1)
     train_steps(model, method, optimizer, itertools.islice(iter(loader), args.memory_steps), data.train_norm, device,
                 1)
-    images = torch.from_numpy(data.test_images).permute(0, 3, 1, 2).contiguous()
+    images = torch.from_numpy(np.ascontiguousarray(data.test_images.transpose(0, 3, 1, 2)))
     evaluate(model, method, images, torch.from_numpy(data.test_labels), data.test_norm, 10, Comm())
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"main process peak RSS {own:.2f} GiB ({cfg.precision}, batch 256, test batch {EVAL_BATCH})", flush=True)

@@ -25,13 +25,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(rank: int, world: int, port: int, out_dir: str) -> None:
+SOLAR = TrialConfig(dataset="cifar10", rho=10, q=0.3, img_max=60, test_per_class=21, arch="small-cnn", epochs=2,
+                    batch_size=32, method="solar", est_epochs=1, solar_queue_batches=2)
+
+
+def _rank_main(rank: int, world: int, port: int, out_dir: str, cfg: TrialConfig = CFG) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        result = fit(CFG, RunOptions(data_root="synthetic", num_workers=0, verbose=False), comm=TorchDistComm())
-        torch.save({"W": result.method.confidences, "mu": result.method.mu, "model": result.model.state_dict(),
-                    "history": result.history}, os.path.join(out_dir, f"rank{rank}.pt"))
+        result = fit(cfg, RunOptions(data_root="synthetic", num_workers=0, verbose=False), comm=TorchDistComm())
+        state = {"W": result.method.confidences, "model": result.model.state_dict(), "history": result.history}
+        if cfg.method == "solar":
+            state.update(prior=result.method.prior, queue=result.method.queue)
+        else:
+            state["mu"] = result.method.mu
+        torch.save(state, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -42,9 +50,7 @@ def test_two_ranks_stay_identical(tmp_path):
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     assert torch.equal(r0["W"], r1["W"])
     assert torch.equal(r0["mu"], r1["mu"])
-    for key, value in r0["model"].items():
-        if "running_" in key or "num_batches" in key:
-            continue  # BatchNorm statistics are per rank (no SyncBN), as in the reference
+    for key, value in r0["model"].items():  # weights and BatchNorm statistics (rank 0's, after each epoch)
         assert torch.equal(value, r1["model"][key]), key
     # W was updated in epoch 1 for every sample of the global batches, whichever rank saw it
     data = build_dataset(CFG, "synthetic")
@@ -60,3 +66,14 @@ def test_two_ranks_stay_identical(tmp_path):
     assert r0["history"][-1]["top1"] == r1["history"][-1]["top1"]
     per_class = r0["history"][-1]["per_class_acc"]
     assert all(abs(a * 21 / 100 - round(a * 21 / 100)) < 1e-6 for a in per_class)  # hits out of 21 per class
+
+
+@pytest.mark.slow
+def test_two_ranks_of_solar_share_queue_prior_and_confidences(tmp_path):
+    mp.spawn(_rank_main, args=(2, _free_port(), str(tmp_path), SOLAR), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    for key in ("W", "prior", "queue"):
+        assert torch.equal(r0[key], r1[key]), key
+    assert r0["queue"].abs().sum() > 0  # the queue holds both ranks' rows
+    assert [(h["stage"], h["epoch"]) for h in r0["history"]] == [("estimate", 0), ("train", 0), ("train", 1)]
+    assert r0["history"][-1]["prior_est"] == r1["history"][-1]["prior_est"]

@@ -23,6 +23,9 @@ class Comm:
         """Concatenate every rank's tensor along dim 0, in rank order (all ranks pass the same shape)."""
         return tensor
 
+    def broadcast_(self, tensor: torch.Tensor) -> None:
+        """Overwrite `tensor` in place with rank 0's."""
+
     def broadcast_object(self, obj):
         return obj
 
@@ -52,6 +55,9 @@ class TorchDistComm(Comm):
         parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
         self._dist.all_gather(parts, tensor)  # the list form works on gloo and nccl alike
         return torch.cat(parts)
+
+    def broadcast_(self, tensor: torch.Tensor) -> None:
+        self._dist.broadcast(tensor, src=0)
 
     def broadcast_object(self, obj):
         box = [obj]

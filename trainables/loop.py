@@ -197,8 +197,11 @@ def fit(cfg: TrialConfig, options: RunOptions, on_epoch: Callable[[dict, Path | 
         method.enter_stage(stage, fresh)
         resume = None  # consumed
         if comm.world_size > 1:
-            net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda"
-                                                            else None)
+            # No buffer broadcast inside forward: SoLar's number of forwards per step differs across ranks (its
+            # third forward needs a reliable sample), and a collective per forward would then deadlock. BatchNorm
+            # statistics are made equal once per epoch instead (before the passes in eval mode).
+            net = torch.nn.parallel.DistributedDataParallel(
+                net, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
         model = ModelHandle(net, cfg.precision)
         net.train()
 
@@ -211,12 +214,16 @@ def fit(cfg: TrialConfig, options: RunOptions, on_epoch: Callable[[dict, Path | 
             scheduler.step()
 
             def predict_train(model=model):
+                """(indices, eval-mode logits) of this rank's share of the training set, test transform."""
                 nonlocal train_images_dev
                 if train_images_dev is None:
                     train_images_dev = _to_device_images(data.train_images, device)
-                return predict_images(model, train_images_dev, data.test_norm)
+                shard = torch.arange(comm.rank, len(train_images_dev), comm.world_size, device=device)
+                return shard, predict_images(model, train_images_dev[shard], data.test_norm)
 
             t1 = time.perf_counter()
+            for buffer in unwrap(net).buffers():  # BatchNorm running statistics: rank 0's on every rank
+                comm.broadcast_(buffer)
             extra = method.end_epoch(stage, epoch, predict_train)
             ev = evaluate(model, method, test_images, test_labels, data.test_norm, k, comm)
             eval_s = time.perf_counter() - t1

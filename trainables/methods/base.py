@@ -18,8 +18,9 @@ class PLLMethod:
         """Called when a stage starts: fresh=True at its first epoch, False when a checkpoint resumes it mid-way."""
 
     def end_epoch(self, stage: str, epoch: int, predict_train) -> dict[str, float]:
-        """After each epoch's steps, before the test pass. `predict_train()` returns test-transform logits of the
-        whole training set in order (a forward-only pass); extra scalar logs are returned."""
+        """After each epoch's steps, before the test pass. `predict_train()` returns (indices, logits): eval-mode,
+        test-transform logits of this rank's share of the training set (a forward-only pass; the shares of all
+        ranks cover the set once). Extra scalar logs are returned."""
         return {}
 
     def prior_estimate(self, classifier: torch.nn.Linear) -> torch.Tensor | None:

@@ -150,10 +150,10 @@ class SoLar(PLLMethod):
     def end_epoch(self, stage: str, epoch: int, predict_train) -> dict[str, float]:
         """r <- gamma r_emp + (1 - gamma) r, with r_emp the histogram of the candidate-masked argmax over the whole
         training set under the test transform (§7.4)."""
-        logits = predict_train()
-        pred = (torch.softmax(logits.float(), dim=1) * self.candidates).argmax(dim=1)
-        r_emp = torch.bincount(pred, minlength=self.num_classes).float()
-        r_emp = r_emp / r_emp.sum()
+        indices, logits = predict_train()
+        pred = (torch.softmax(logits.float(), dim=1) * self.candidates[indices]).argmax(dim=1)
+        counts = self.comm.all_reduce_sum(torch.bincount(pred, minlength=self.num_classes).float())
+        r_emp = counts / counts.sum()
         gamma = self.hp["solar_gamma1"] if stage == "estimate" else self.hp["solar_gamma2"]
         self.prior = gamma * r_emp + (1.0 - gamma) * self.prior
         s = self._stats
