@@ -76,10 +76,10 @@ PRESETS: dict[str, Grid] = {
     "quick": Grid(
         name="quick",
         description="A CPU-sized slice: CIFAR-10-LT rho=100 q=0.3 with a third of each class (img_max 1666), "
-        "CORR vs CORR+RECORDS, with and without Mixup, small CNN, batch 64, 8 epochs; about 10 minutes on 2 cores.",
+        "CORR vs CORR+RECORDS, with and without Mixup, small CNN, batch 64, 6 epochs; about 10 minutes on 2 cores.",
         blocks=({"dataset": ("cifar10",), "rho": (100,), "q": (0.3,),
                  "variant": ("corr", "records", "corr+mixup", "records+mixup")},),
-        base=dict(arch="small-cnn", epochs=8, batch_size=64, img_max=1666, test_per_class=500),
+        base=dict(arch="small-cnn", epochs=6, batch_size=64, img_max=1666, test_per_class=500),
     ),
     "smoke": Grid(
         name="smoke",
