@@ -14,42 +14,25 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from procmem import run_monitored  # noqa: E402
 
 from sweep.grids import PRESETS  # noqa: E402
 
 
 def monitored(cmd: list[str], env: dict | None = None) -> tuple[float, float, float, int]:
-    """Run `cmd`; return (wall seconds, peak RSS sum GiB, peak PSS sum GiB, exit code) over its process tree."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=ROOT)
-    root = psutil.Process(proc.pid)
-    peak_rss = peak_pss = 0
-    while proc.poll() is None:
-        rss = pss = 0
-        try:
-            for p in [root, *root.children(recursive=True)]:
-                try:
-                    info = p.memory_full_info()
-                    rss += info.rss
-                    pss += getattr(info, "pss", info.rss)
-                except psutil.Error:
-                    continue
-        except psutil.Error:
-            pass
-        peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
-        time.sleep(0.5)
-    wall = time.perf_counter() - t0
-    err = proc.stderr.read().decode()[-2000:] if proc.stderr else ""
-    if proc.returncode:
-        print(err, file=sys.stderr)
-    return wall, peak_rss / 2**30, peak_pss / 2**30, proc.returncode
+    """Run `cmd` from the repository root; (wall s, peak RSS sum GiB, peak PSS sum GiB, exit code). Its output
+    goes to a log file (a pipe nobody reads would fill and stall it), whose tail is printed on failure."""
+    with tempfile.TemporaryFile("w+") as log:
+        wall, rss, pss, rc = run_monitored(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        if rc:
+            log.seek(0)
+            print(log.read()[-3000:], file=sys.stderr)
+    return wall, rss, pss, rc
 
 
 def ray_startup_s() -> float:

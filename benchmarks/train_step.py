@@ -20,16 +20,16 @@ import itertools
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from procmem import run_monitored  # noqa: E402
 
 from trainables.comm import Comm  # noqa: E402
 from trainables.config import TrialConfig  # noqa: E402
@@ -188,23 +188,11 @@ def memory_probe(args) -> None:
     the loader workers, the process tree sampled every 100 ms (run in a fresh process)."""
     cmd = [sys.executable, __file__, "--_memory-child", "--data-root", args.data_root, "--workers", str(args.workers),
            "--memory-steps", str(args.memory_steps), "--precisions", *args.precisions]
-    proc = subprocess.Popen(cmd)
-    root = psutil.Process(proc.pid)
-    peak_rss = peak_pss = 0
-    while proc.poll() is None:
-        rss = pss = 0
-        try:
-            for p in [root, *root.children(recursive=True)]:
-                info = p.memory_full_info()
-                rss, pss = rss + info.rss, pss + info.pss
-        except psutil.Error:
-            pass
-        peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
-        time.sleep(0.1)
-    if proc.returncode:
-        raise SystemExit(f"memory probe failed ({proc.returncode})")
-    print(f"peak memory of the run's process tree (main + {args.workers} loader worker): {peak_pss / 2**30:.2f} GiB "
-          f"PSS (shared pages counted once; target < 4 GiB), {peak_rss / 2**30:.2f} GiB as a plain sum of RSS")
+    _, peak_rss, peak_pss, returncode = run_monitored(cmd, interval=0.1)
+    if returncode:
+        raise SystemExit(f"memory probe failed ({returncode})")
+    print(f"peak memory of the run's process tree (main + {args.workers} loader worker): {peak_pss:.2f} GiB "
+          f"PSS (shared pages counted once; target < 4 GiB), {peak_rss:.2f} GiB as a plain sum of RSS")
 
 
 def _memory_child(args) -> None:

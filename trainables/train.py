@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                         + ", ".join(f"{k} ({v})" for k, v in FAITHFUL_QUIRKS.items()))
     g = p.add_argument_group("run")
     o = RunOptions()
-    g.add_argument("--data-root", required=True, help=RunOptions.__doc__ and field_docs(RunOptions)["data_root"])
+    g.add_argument("--data-root", required=True, help=field_docs(RunOptions)["data_root"])
     g.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (config.json, checkpoint.pt, "
                    "epochs.parquet)")
     g.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its checkpoint")
