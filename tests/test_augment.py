@@ -385,3 +385,136 @@ def test_strong_view_is_a_32x32_rgb_image_with_cutout_fill(faithful):
         assert out.mode == "RGB" and out.size == (32, 32)
         has_fill += bool((np.asarray(out) == A.CUTOUT_FILL).all(axis=2).any())
     assert has_fill >= 40
+
+
+# ----------------------------------------------------------------------------- pil_ops: exact, faster stand-ins
+
+
+def _exactness_images() -> list[Image.Image]:
+    """Random, smooth, narrow-range and degenerate RGB images: every branch of the LUT builders."""
+    rng = np.random.default_rng(11)
+    arrays = list(_random_images(40, seed=12))
+    ramp = np.linspace(0, 255, 32, dtype=np.float64)
+    arrays.append(np.stack(np.broadcast_arrays(ramp[None, :], ramp[:, None], ramp[None, ::-1]), -1).astype(np.uint8))
+    for low, high in [(0, 1), (100, 103), (0, 256), (250, 256), (37, 38)]:  # two levels, narrow, full, one level
+        arrays.extend(rng.integers(low, high, size=(3, 32, 32, 3), dtype=np.uint8))
+    arrays.append(np.zeros((32, 32, 3), np.uint8))
+    arrays.append(np.full((32, 32, 3), 255, np.uint8))
+    mixed = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+    mixed[..., 1] = 7  # one constant band beside two varied ones
+    arrays.append(mixed)
+    sparse = np.zeros((32, 32, 3), np.uint8)
+    sparse[0, 0] = (200, 3, 255)  # one odd pixel: equalize's step is 0 or tiny
+    arrays.append(sparse)
+    gray = np.asarray(Image.fromarray(arrays[0]).convert("L").convert("RGB"))
+    arrays.append(np.ascontiguousarray(gray))
+    return [Image.fromarray(np.ascontiguousarray(a)) for a in arrays]
+
+
+def _same_pixels(ours: Image.Image, theirs: Image.Image) -> bool:
+    return ours.mode == theirs.mode and ours.size == theirs.size and ours.tobytes() == theirs.tobytes()
+
+
+def test_pil_ops_reproduce_pil_and_torchvision_exactly():
+    import torchvision.transforms.functional as F
+    from PIL import ImageEnhance, ImageOps
+
+    from trainables.data import pil_ops
+
+    images = _exactness_images()
+    thresholds = [0.0, 0.3, 1.0, 1.5, 64.0, 127.9, 128.0, 200.5, 255.0, 255.5, 256.0]
+    factors = [0.0, 0.05, 0.37, 0.6, 0.95, 1.0, 1.4]
+    hues = [-0.5, -0.1, -0.0371, 0.0, 0.02, 0.1, 0.5]
+    for img in images:
+        assert _same_pixels(pil_ops.autocontrast(img), ImageOps.autocontrast(img))
+        assert _same_pixels(pil_ops.equalize(img), ImageOps.equalize(img))
+        for bits in range(1, 9):
+            assert _same_pixels(pil_ops.posterize(img, bits), ImageOps.posterize(img, bits))
+        for threshold in thresholds:
+            assert _same_pixels(pil_ops.solarize(img, threshold), ImageOps.solarize(img, threshold)), threshold
+        for factor in factors:
+            assert _same_pixels(pil_ops.contrast(img, factor), ImageEnhance.Contrast(img).enhance(factor))
+            assert _same_pixels(pil_ops.contrast(img, factor), F.adjust_contrast(img, factor))
+        for hue in hues:
+            assert _same_pixels(pil_ops.adjust_hue(img, hue), F.adjust_hue(img, hue)), hue
+        assert _same_pixels(pil_ops.grayscale_rgb(img), F.rgb_to_grayscale(img, num_output_channels=3))
+
+
+def test_pil_ops_match_on_random_magnitudes_of_the_views():
+    import torchvision.transforms.functional as F
+    from PIL import ImageEnhance, ImageOps
+
+    from trainables.data import pil_ops
+
+    rng = np.random.default_rng(5)
+    for img in (Image.fromarray(x) for x in _random_images(60, seed=21)):
+        threshold, factor, hue = rng.uniform(0, 256), rng.uniform(0.05, 1.4), rng.uniform(-0.1, 0.1)
+        assert _same_pixels(pil_ops.solarize(img, threshold), ImageOps.solarize(img, threshold))
+        assert _same_pixels(pil_ops.contrast(img, factor), ImageEnhance.Contrast(img).enhance(factor))
+        assert _same_pixels(pil_ops.adjust_hue(img, hue), F.adjust_hue(img, hue))
+
+
+def test_pil_ops_reject_what_the_originals_reject():
+    from trainables.data import pil_ops
+
+    img = Image.fromarray(_random_images(1)[0])
+    with pytest.raises(ValueError, match="0.6"):
+        pil_ops.adjust_hue(img, 0.6)
+    with pytest.raises(ValueError, match="9"):
+        pil_ops.posterize(img, 9)
+
+
+def _reference_views(img: Image.Image, rng: np.random.Generator, faithful_cutout: bool) -> tuple[Image.Image, ...]:
+    """The weak and strong views composed from torchvision's functional API and PIL's ImageOps/ImageEnhance (the
+    reference's calls), drawing from `rng` in the same order as augment.py: an oracle for the fast path."""
+    import torchvision.transforms.functional as F
+    from PIL import ImageEnhance, ImageOps
+    from torchvision.transforms import InterpolationMode
+
+    def crop_and_flip(im):
+        top, left, h, w = A._random_resized_crop_box(im.width, im.height, rng)
+        im = F.resized_crop(im, top, left, h, w, [32, 32], InterpolationMode.BILINEAR)
+        return F.hflip(im) if rng.random() < A.FLIP_PROB else im
+
+    weak = crop_and_flip(img)
+    if rng.random() < A.JITTER_PROB:
+        order = rng.permutation(4)
+        factors = [rng.uniform(*A.JITTER_BRIGHTNESS), rng.uniform(*A.JITTER_CONTRAST),
+                   rng.uniform(*A.JITTER_SATURATION), rng.uniform(*A.JITTER_HUE)]
+        adjust = [F.adjust_brightness, F.adjust_contrast, F.adjust_saturation, F.adjust_hue]
+        for k in order:
+            weak = adjust[k](weak, factors[k])
+    if rng.random() < A.GRAYSCALE_PROB:
+        weak = F.rgb_to_grayscale(weak, num_output_channels=3)
+
+    originals = {
+        "AutoContrast": lambda im, v: ImageOps.autocontrast(im),
+        "Contrast": lambda im, v: ImageEnhance.Contrast(im).enhance(v),
+        "Equalize": lambda im, v: ImageOps.equalize(im),
+        "Posterize": lambda im, v: ImageOps.posterize(im, int(v)),
+        "Solarize": lambda im, v: ImageOps.solarize(im, v),
+    }
+    strong = crop_and_flip(img)
+    for op_index in rng.integers(len(A.RANDAUGMENT_OPS), size=A.NUM_RANDAUGMENT_OPS):
+        op = A.RANDAUGMENT_OPS[op_index]
+        strong = originals.get(op.name, op.apply)(strong, rng.uniform(op.low, op.high))
+    return weak, A._cutout(strong, rng, faithful_cutout)
+
+
+@pytest.mark.parametrize("faithful_cutout", [False, True])
+def test_fast_views_equal_the_torchvision_and_pil_composition(faithful_cutout):
+    ramp = np.linspace(0, 255, 32)
+    smooth = np.stack(np.broadcast_arrays(ramp[None, :], ramp[:, None], 255 - ramp[None, :]), -1).astype(np.uint8)
+    images = [*_random_images(150, seed=31), smooth]
+    dataset = A.TwoViewDataset(np.stack(images), seed=7, faithful_cutout=faithful_cutout)
+    ops_used = set()
+    for index, pixels in enumerate(images):
+        weak, strong, _ = dataset[(2, index)]  # one generator: the weak view's draws, then the strong view's
+        ref_weak, ref_strong = _reference_views(Image.fromarray(pixels), A.sample_rng(7, 2, index), faithful_cutout)
+        assert torch.equal(weak, torch.from_numpy(np.asarray(ref_weak).copy()).permute(2, 0, 1)), index
+        assert torch.equal(strong, torch.from_numpy(np.asarray(ref_strong).copy()).permute(2, 0, 1)), index
+        rng = A.sample_rng(7, 2, index)
+        A.weak_view(Image.fromarray(pixels), rng)
+        A._random_resized_crop_and_flip(Image.fromarray(pixels), rng)
+        ops_used.update(A.RANDAUGMENT_OPS[i].name for i in rng.integers(len(A.RANDAUGMENT_OPS), size=3))
+    assert ops_used == {op.name for op in A.RANDAUGMENT_OPS}, "every op must have been exercised"
