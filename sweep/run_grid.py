@@ -111,11 +111,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
+    from sweep.launch import LaunchError, check_cells_against_settings, launch, settings_from
+
     if args.dry_run:
+        # The per-trial settings are checked here too, so a dry run that passes is a launch that starts (the data
+        # root and the cluster's size are checked at launch: a dry run needs neither).
+        try:
+            check_cells_against_settings(cells, settings_from(args, args.data_root or "", saved))
+        except LaunchError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         print(describe_cells(cells))
         return 0
-
-    from sweep.launch import LaunchError, launch
 
     try:
         data_root = saved.get("data_root") if args.resume and not args.data_root else resolve_data_root(args.data_root)

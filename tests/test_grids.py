@@ -99,6 +99,11 @@ def test_cli_dry_run_and_refusals(tmp_path):
     assert out.returncode == 0 and "108 cells" in out.stdout
     out = _run_grid("--preset", "paper", "--set", "q=7", "--dry-run")
     assert out.returncode == 2 and "q=7" in out.stderr
+    # A dry run checks the per-trial settings as a launch would.
+    out = _run_grid("--preset", "quick", "--dry-run", "--cpus-per-trial", "0")
+    assert out.returncode == 2 and "cpus_per_trial=0" in out.stderr
+    out = _run_grid("--preset", "quick", "--dry-run", "--workers-per-trial", "3")
+    assert out.returncode == 2 and "batch_size=64" in out.stderr and "--workers-per-trial=3" in out.stderr
     out = _run_grid("--preset", "quick", "--data-root", str(tmp_path / "missing"), "--storage", str(tmp_path))
     assert out.returncode == 2 and str(tmp_path / "missing") in out.stderr
     out = _run_grid("--preset", "quick", "--data-root", "synthetic", "--storage", str(tmp_path),
