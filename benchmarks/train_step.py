@@ -24,7 +24,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -34,7 +33,7 @@ from procmem import run_monitored  # noqa: E402
 from trainables.comm import Comm  # noqa: E402
 from trainables.config import TrialConfig  # noqa: E402
 from trainables.data.loaders import build_dataset, make_train_loader  # noqa: E402
-from trainables.loop import EVAL_BATCH, build_optimizer, evaluate, train_steps  # noqa: E402
+from trainables.loop import EVAL_BATCH, build_optimizer, evaluate, to_device_images, train_steps  # noqa: E402
 from trainables.methods import create_method  # noqa: E402
 from trainables.models import ModelHandle, create_model  # noqa: E402
 
@@ -68,9 +67,7 @@ def timed(step, batch: int, warmup: int, min_steps: int, min_seconds: float) -> 
 def floor_step(arch: str, batch: int, chunks: tuple[float, ...], precision: str):
     """The bare model: forwards of random tensors of the step's shapes, CE, one backward, SGD."""
     g = torch.Generator().manual_seed(0)
-    net = create_model(arch, 10, seed=0)
-    if precision == "bf16":
-        net = net.to(memory_format=torch.channels_last)
+    net = create_model(arch, 10, seed=0, precision=precision)
     model = ModelHandle(net, precision)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     xs = [torch.randn(max(2, round(c * batch)), 3, 32, 32, generator=g) for c in chunks]
@@ -116,9 +113,7 @@ def method_step(data, cfg: TrialConfig, workers: int):
     """The real step (loader, normalisation, the method's forward, loss and update, backward, SGD) in epoch 1;
     also returns a function giving the share of samples SoLar selected as reliable (0 for the CORR family)."""
     device = torch.device("cpu")
-    net = create_model(cfg.arch, 10, seed=cfg.seed)
-    if cfg.precision == "bf16":
-        net = net.to(memory_format=torch.channels_last)
+    net = create_model(cfg.arch, 10, seed=cfg.seed, precision=cfg.precision)
     model = ModelHandle(net, cfg.precision)
     optimizer, _ = build_optimizer(cfg, net)
     method = create_method(cfg, torch.from_numpy(data.train.candidates), data.train.counts, device, Comm())
@@ -199,9 +194,7 @@ def _memory_child(args) -> None:
     cfg = cell("resnet18", 256, args.precisions[0], "records")
     data = build_dataset(cfg, args.data_root)
     device = torch.device("cpu")
-    net = create_model("resnet18", 10, seed=cfg.seed)
-    if cfg.precision == "bf16":
-        net = net.to(memory_format=torch.channels_last)
+    net = create_model("resnet18", 10, seed=cfg.seed, precision=cfg.precision)
     model = ModelHandle(net, cfg.precision)
     optimizer, _ = build_optimizer(cfg, net)
     method = create_method(cfg, torch.from_numpy(data.train.candidates), data.train.counts, device, Comm())
@@ -209,8 +202,8 @@ def _memory_child(args) -> None:
     sampler.set_epoch(1)
     train_steps(model, method, optimizer, itertools.islice(iter(loader), args.memory_steps), data.train_norm, device,
                 1)
-    images = torch.from_numpy(np.ascontiguousarray(data.test_images.transpose(0, 3, 1, 2)))
-    evaluate(model, method, images, torch.from_numpy(data.test_labels), data.test_norm, 10, Comm())
+    evaluate(model, method, to_device_images(data.test_images, device), torch.from_numpy(data.test_labels),
+             data.test_norm, 10, Comm())
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"main process peak RSS {own:.2f} GiB ({cfg.precision}, batch 256, test batch {EVAL_BATCH})", flush=True)
 

@@ -1,6 +1,7 @@
 """`build_dataset` over every source: LT counts, NU superclass rates and shuffle keys, test subsets, normalisation;
 and a real run on the shared CIFAR-10 copy."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -90,7 +91,7 @@ def test_one_epoch_on_the_shared_cifar10(tmp_path):
     assert len(rows) == 1
     row = rows.iloc[0]
     assert row["images_per_s"] > 0 and 0 <= row["top1"] <= 100 and len(row["per_class_acc"]) == 10
-    ckpt_cfg = TrialConfig.from_dict(__import__("json").loads((out / "config.json").read_text()))
+    ckpt_cfg = TrialConfig.from_dict(json.loads((out / "config.json").read_text()))
     assert ckpt_cfg.rho == 100 and ckpt_cfg.records
     data = build_dataset(ckpt_cfg, str(SHARED))
     assert len(data.train.labels) == 12406 and len(data.test_labels) == 10000

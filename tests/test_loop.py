@@ -112,7 +112,7 @@ def test_cli_missing_data_root_is_a_clear_error(tmp_path, capsys):
 def test_bf16_runs_the_backbone_in_bf16_and_keeps_the_method_in_fp32():
     from trainables.models import ModelHandle, create_model
 
-    model = ModelHandle(create_model("small-cnn", 10, seed=0).to(memory_format=torch.channels_last), "bf16")
+    model = ModelHandle(create_model("small-cnn", 10, seed=0, precision="bf16"), "bf16")
     seen = {}
 
     def record_dtype(module, inputs, output):

@@ -131,7 +131,7 @@ def train_steps(model: ModelHandle, method, optimizer, batches, norm, device: to
     return sums
 
 
-def _to_device_images(images: np.ndarray, device: torch.device) -> torch.Tensor:
+def to_device_images(images: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 NHWC array -> uint8 NCHW tensor on the device (normalised per batch at use)."""
     # the transposing copy is also writable (the source arrays are read-only), as torch.from_numpy wants
     return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
@@ -150,7 +150,7 @@ def fit(cfg: TrialConfig, options: RunOptions, on_epoch: Callable[[dict, Path | 
     method = create_method(cfg, torch.from_numpy(data.train.candidates), data.train.counts, device, comm)
     train_labels = torch.from_numpy(data.train.labels).to(device)
     train_images_dev = None  # uploaded on first use (only methods with an estimation pass need it)
-    test_images = _to_device_images(data.test_images, device)
+    test_images = to_device_images(data.test_images, device)
     test_labels = torch.from_numpy(data.test_labels).to(device)
     groups = shot_groups(data.train.counts)
     true_prior = torch.as_tensor(data.train.true_prior)
@@ -185,9 +185,8 @@ def fit(cfg: TrialConfig, options: RunOptions, on_epoch: Callable[[dict, Path | 
             if here == done_stage:
                 start_epoch = resume["epoch"]
 
-        net = create_model(cfg.arch, k, seed=cfg.seed + stage_names.index(stage), device=device)
-        if cfg.precision == "bf16":
-            net = net.to(memory_format=torch.channels_last)
+        net = create_model(cfg.arch, k, seed=cfg.seed + stage_names.index(stage), device=device,
+                           precision=cfg.precision)
         optimizer, scheduler = build_optimizer(cfg, net)
         fresh = not (resume is not None and start_epoch > 0)
         if not fresh:
@@ -217,7 +216,7 @@ def fit(cfg: TrialConfig, options: RunOptions, on_epoch: Callable[[dict, Path | 
                 """(indices, eval-mode logits) of this rank's share of the training set, test transform."""
                 nonlocal train_images_dev
                 if train_images_dev is None:
-                    train_images_dev = _to_device_images(data.train_images, device)
+                    train_images_dev = to_device_images(data.train_images, device)
                 shard = torch.arange(comm.rank, len(train_images_dev), comm.world_size, device=device)
                 return shard, predict_images(model, train_images_dev[shard], data.test_norm)
 

@@ -104,9 +104,11 @@ def init_parameters(model: nn.Module, generator: torch.Generator) -> None:
             module.bias.uniform_(-bound, bound, generator=generator)
 
 
-def create_model(arch: str, num_classes: int, seed: int, device: torch.device | str = "cpu") -> nn.Module:
+def create_model(arch: str, num_classes: int, seed: int, device: torch.device | str = "cpu",
+                 precision: str = "fp32") -> nn.Module:
     """Build `arch` for `num_classes`, initialised from `seed` on the CPU (so the weights are the same on every
-    device), then moved to `device`."""
+    device), then moved to `device`. precision='bf16' stores the weights channels_last, the layout ModelHandle feeds
+    them under autocast."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"arch={arch!r}: choose one of {sorted(ARCHITECTURES)}")
     with torch.device("meta"):
@@ -114,7 +116,8 @@ def create_model(arch: str, num_classes: int, seed: int, device: torch.device | 
     model = model.to_empty(device="cpu")
     generator = torch.Generator().manual_seed(seed)
     init_parameters(model, generator)
-    return model.to(device)
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if precision == "bf16" else model
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -61,10 +61,9 @@ def equalize(img: Image.Image) -> Image.Image:
     """ImageOps.equalize(img): per band, map levels through the cumulative histogram in steps of total/255."""
     pixels = np.asarray(img)
     hist = _per_band_histogram(pixels)
-    _, hi = _band_extremes(hist)
+    lo, hi = _band_extremes(hist)
     # PIL: step = (count - count of the highest level present) // 255, or no change when a band has one level.
-    several_levels = (hist > 0).sum(axis=1) > 1
-    step = np.where(several_levels, (hist.sum(axis=1) - hist[np.arange(3), hi]) // 255, 0)
+    step = np.where(hi > lo, (hist.sum(axis=1) - hist[np.arange(3), hi]) // 255, 0)
     # PIL: n starts at step // 2, lut[i] = n // step, then n += h[i]; values above 255 are clipped by point().
     before = np.cumsum(hist, axis=1) - hist
     equalized = (step[:, None] // 2 + before) // np.maximum(step, 1)[:, None]
