@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from procmem import run_monitored  # noqa: E402
 
-from sweep.grids import PRESETS  # noqa: E402
+from sweep.grids import PRESETS, parse_set  # noqa: E402
 
 
 def monitored(cmd: list[str], env: dict | None = None) -> tuple[float, float, float, int]:
@@ -50,8 +50,11 @@ def main() -> None:
     p.add_argument("--quick-memory", action="store_true", help="also run the quick preset and report its peak")
     args = p.parse_args()
 
-    sets = ["--set", "variant=corr,records", "--set", f"epochs={args.epochs}"]
-    grid = PRESETS["quick"].with_override("variant", ("corr", "records")).with_override("epochs", (args.epochs,))
+    overrides = ["variant=corr,records", f"epochs={args.epochs}"]  # the run_grid.py --set flags, parsed as it does
+    sets = [flag for expr in overrides for flag in ("--set", expr)]
+    grid = PRESETS["quick"]
+    for expr in overrides:
+        grid = grid.with_override(*parse_set(expr))
     cells = grid.cells()
     env = {**os.environ, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
     print(f"grid: {len(cells)} cells of the quick preset, {args.epochs} epochs each; data {args.data_root}",
