@@ -78,6 +78,7 @@ def train_cell_worker(loop_config: dict) -> None:
     import ray.train.torch
     import torch
 
+    from trainables.checkpoint import PREV_FILENAME
     from trainables.comm import Comm, TorchDistComm
     from trainables.config import RunOptions
     from trainables.loop import fit
@@ -103,6 +104,8 @@ def train_cell_worker(loop_config: dict) -> None:
         metrics["stage_epoch"] = f"{row['stage']}:{row['epoch']}"
         report_ckpt = None
         if checkpoint_path is not None:  # rank 0 only: the run folder describes itself (config, history, state)
+            # Ray Train keeps the previous checkpoints itself (num_to_keep): not uploading ours halves the traffic
+            (checkpoint_path.parent / PREV_FILENAME).unlink(missing_ok=True)
             report_ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_path.parent))
         ray.train.report(metrics, checkpoint=report_ckpt)
 

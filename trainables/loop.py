@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .checkpoint import FILENAME, load_checkpoint, save_checkpoint
+from .checkpoint import FILENAME, load_latest, remove_stray_temps, save_checkpoint
 from .comm import Comm
 from .config import RunOptions, TrialConfig
 from .data.augment import normalize
@@ -161,8 +161,10 @@ def fit(cfg: TrialConfig, options: RunOptions, on_epoch: Callable[[dict, Path | 
 
     history: list[dict] = []
     resume = None
+    if is_writer and out_dir is not None and out_dir.is_dir():
+        remove_stray_temps(out_dir)  # a killed writer's half-written files; this rank is the folder's only writer
     if resume_from is not None:
-        resume = load_checkpoint(Path(resume_from))
+        resume, resume_from = load_latest(Path(resume_from))
         if resume["config_hash"] != cfg.config_hash:
             diff = config_diff(resume["config"], cfg.to_dict())
             raise ResumeMismatch(f"checkpoint {resume_from} belongs to config {resume['config_hash']}, not "

@@ -96,15 +96,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.checkpoint_every < 1:
         parser.error(f"--checkpoint-every={args.checkpoint_every}: must be >= 1")
 
+    from .checkpoint import FILENAME, PREV_FILENAME
+
     out = Path(args.out)
-    ckpt = out / "checkpoint.pt"
+    ckpt = out / FILENAME
     resume_from = None
-    if ckpt.exists():
+    held = [p for p in (ckpt, out / PREV_FILENAME) if p.exists()]
+    if held:
         if not args.resume:
-            parser.error(f"{out} already holds a run ({ckpt}); pass --resume to continue it, or choose another --out")
-        resume_from = ckpt
+            parser.error(f"{out} already holds a run ({held[0]}); pass --resume to continue it, or choose another "
+                         "--out")
+        resume_from = ckpt  # load_latest falls back to the previous checkpoint when this one is missing or torn
     elif args.resume:
-        print(f"no checkpoint in {out}: starting from epoch 0", file=sys.stderr)
+        # a mistyped --out must not silently train from scratch
+        parser.error(f"--resume: no run in {out} (no {FILENAME} or {PREV_FILENAME}); check --out, or drop --resume "
+                     "to start a new run there")
 
     import torch
 
