@@ -1,6 +1,7 @@
 """Run a grid of LT-PLL trials on Ray: `python sweep/run_grid.py --preset quick`.
 
-Every cell of the grid is validated before Ray starts; `--dry-run` lists the cells and their cost and starts
+On a first run without a data root, the CIFAR the grid needs is downloaded into ./data (once, checked) before
+Ray starts. Every cell of the grid is validated before Ray starts; `--dry-run` lists the cells and their cost and starts
 nothing. Results land in STORAGE/NAME/runs.parquet and epochs.parquet. Re-running the same command skips the
 finished cells; `--resume --name NAME` continues an interrupted sweep from its own saved grid.
 """
@@ -21,6 +22,7 @@ sys.path.insert(0, str(_HERE.parent))
 from sweep.grids import PRESETS, GridError, describe_cells, load_grid_file, parse_seeds, parse_set  # noqa: E402
 
 DEFAULT_DATA_ROOTS = ("./data", "../shared/data")
+DOWNLOAD_ROOT = "./data"  # where a first run puts the CIFAR it downloads
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
                         + ", ".join(DEFAULT_DATA_ROOTS) + " that exists")
     g.add_argument("--resume", action="store_true",
                    help="continue the sweep STORAGE/NAME with its saved grid and settings")
+    g.add_argument("--data-mirror", default=None, metavar="URL_OR_PATH",
+                   help="fetch torchvision's CIFAR archives from this base URL or folder instead of the official "
+                        "site (default: $RECORDS_DATA_MIRROR)")
+    g.add_argument("--download-only", action="store_true",
+                   help="download the CIFAR the grid needs into the data root (default " + DOWNLOAD_ROOT
+                        + "), then exit")
     g = p.add_argument_group("resources")
     g.add_argument("--address", help="an existing Ray cluster ('auto' or host:port); default: start a local one")
     g.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
@@ -64,17 +72,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def resolve_data_root(arg: str | None) -> str:
+def resolve_data_root(arg: str | None) -> tuple[str, bool]:
+    """(data root, whether missing CIFAR may be downloaded into it): only the default ./data is ours to fill."""
     if arg:
-        return arg if arg == "synthetic" else str(Path(arg).expanduser().resolve())
+        return (arg if arg == "synthetic" else str(Path(arg).expanduser().resolve())), False
     env = os.environ.get("RECORDS_DATA_ROOT")
     if env:
-        return str(Path(env).expanduser().resolve())
+        return str(Path(env).expanduser().resolve()), False
     for candidate in DEFAULT_DATA_ROOTS:
         if Path(candidate).is_dir():
-            return str(Path(candidate).resolve())
-    raise GridError(f"no data root: pass --data-root, set RECORDS_DATA_ROOT, or put CIFAR in one of "
-                    f"{', '.join(DEFAULT_DATA_ROOTS)} (relative to {Path.cwd()})")
+            return str(Path(candidate).resolve()), Path(candidate) == Path(DOWNLOAD_ROOT)
+    return str(Path(DOWNLOAD_ROOT).resolve()), True
+
+
+def ensure_data(datasets: set[str], data_root: str, mirror: str | None) -> None:
+    """Download each dataset that data_root lacks in any layout, before Ray starts (a GridError says how else)."""
+    from trainables.data.download import ARCHIVES, MIRROR_ENV, DownloadError, download_cifar, source_of
+    from trainables.data.sources import DataError, load_split
+
+    for dataset in sorted(datasets):
+        try:
+            load_split(dataset, "test", data_root)
+            continue
+        except DataError:
+            pass
+        mirror = mirror or os.environ.get(MIRROR_ENV) or None
+        print(f"downloading {dataset} from {source_of(ARCHIVES[dataset], mirror)} into {data_root}", flush=True)
+        try:
+            download_cifar(dataset, data_root, mirror=mirror)
+        except DownloadError as err:
+            raise GridError(
+                f"could not download {dataset} ({err}); provide CIFAR instead with --data-root DIR, or "
+                f"RECORDS_DATA_ROOT=DIR, or Parquet files in the Hub layout (DIR/{dataset}/{{train,test}}.parquet); "
+                f"a cluster without internet can name a copy of the archives with --data-mirror or {MIRROR_ENV}"
+            ) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,7 +156,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     try:
-        data_root = saved.get("data_root") if args.resume and not args.data_root else resolve_data_root(args.data_root)
+        if args.resume and not args.data_root:
+            data_root, may_download = saved.get("data_root"), False
+        else:
+            data_root, may_download = resolve_data_root(args.data_root)
+        datasets = {c.dataset for c in cells}
+        if args.download_only:
+            if data_root == "synthetic":
+                raise GridError("--download-only with --data-root synthetic: there is nothing to download")
+            ensure_data(datasets, data_root, args.data_mirror)
+            print(f"data ready in {data_root}")
+            return 0
+        if may_download:
+            ensure_data(datasets, data_root, args.data_mirror)
         return launch(args, cells, name, data_root, saved)
     except (GridError, LaunchError) as err:
         print(f"error: {err}", file=sys.stderr)

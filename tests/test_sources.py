@@ -235,16 +235,15 @@ def test_pickles_take_precedence_over_parquet(tmp_path):
 def test_download_fetches_pickles_only_when_nothing_is_there(tmp_path, monkeypatch):
     calls = []
 
-    class FakeCIFAR100:
-        def __init__(self, root, train, download):
-            calls.append((root, train, download))
-            write_cifar100_pickles(root, seed=5)
+    def fake_download(dataset, root):
+        calls.append((dataset, str(root)))
+        write_cifar100_pickles(root, seed=5)
 
-    import torchvision.datasets
+    import trainables.data.download
 
-    monkeypatch.setattr(torchvision.datasets, "CIFAR100", FakeCIFAR100)
+    monkeypatch.setattr(trainables.data.download, "download_cifar", fake_download)
     loaded = load_split("cifar100", "train", tmp_path / "fresh", download=True)
-    assert calls == [(str((tmp_path / "fresh").resolve()), True, True)]
+    assert calls == [("cifar100", str((tmp_path / "fresh").resolve()))]
     assert "cifar-100-python" in loaded.source
     load_split("cifar100", "test", tmp_path / "fresh", download=True)
     assert len(calls) == 1, "existing pickles must not be downloaded again"
@@ -255,13 +254,12 @@ def test_download_fetches_pickles_only_when_nothing_is_there(tmp_path, monkeypat
 
 
 def test_failed_download_is_a_data_error(tmp_path, monkeypatch):
-    class OfflineCIFAR10:
-        def __init__(self, root, train, download):
-            raise RuntimeError("network unreachable")
+    import trainables.data.download as download
 
-    import torchvision.datasets
+    def offline(dataset, root):
+        raise download.DownloadError("network unreachable")
 
-    monkeypatch.setattr(torchvision.datasets, "CIFAR10", OfflineCIFAR10)
+    monkeypatch.setattr(download, "download_cifar", offline)
     with pytest.raises(DataError, match="network unreachable") as info:
         load_split("cifar10", "train", tmp_path, download=True)
     assert str(tmp_path.resolve()) in str(info.value)

@@ -360,7 +360,8 @@ class RunOptions:
     checkpoint_every: int = 1
     """Write the full checkpoint every this many epochs (and always after the last one)."""
     download: bool = False
-    """Let torchvision download the CIFAR pickles into data_root when they are missing (needs network)."""
+    """Download torchvision's CIFAR pickles into data_root when they are missing (needs network, or a mirror in
+    $RECORDS_DATA_MIRROR)."""
     verbose: bool = True
     """Print one line per epoch."""
 

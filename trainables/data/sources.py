@@ -85,7 +85,7 @@ def load_split(dataset: str, split: str, root: str | os.PathLike, download: bool
     2. root/'cifar-10-batches-py' (CIFAR-10) or root/'cifar-100-python' (CIFAR-100) exists -> torchvision's
        pickles (the folder's existence commits to this layout: missing files in it are an error);
     3. root/'cifar10'/'<split>.parquet' or root/'cifar100'/'<split>.parquet' exists -> Parquet (Hub export);
-    4. download=True -> torchvision fetches the pickles into root, then 2.;
+    4. download=True -> `download.download_cifar` fetches torchvision's pickles into root, then 2.;
     5. otherwise DataError.
 
     The pickles are read with `pickle`, so only point this at files you trust (as with torchvision itself).
@@ -147,14 +147,13 @@ def _find_layout(dataset: str, split: str, root: Path) -> tuple[str, tuple[Path,
 
 
 def _download_pickles(dataset: str, split: str, root: Path) -> None:
-    # torchvision is only the downloader (it checks the archive's md5); reading stays ours (see _read_pickles).
-    from torchvision import datasets
+    # The download module fetches torchvision's archive (locked, checked, unpacked atomically); reading stays ours.
+    from .download import DownloadError, download_cifar
 
-    dataset_cls = datasets.CIFAR10 if dataset == "cifar10" else datasets.CIFAR100
     try:
-        dataset_cls(root=str(root), train=split == "train", download=True)
-    except Exception as exc:  # network, disk or archive failures all mean the same to the caller
-        raise DataError(f"{root}: downloading {dataset} with torchvision failed: {exc}") from exc
+        download_cifar(dataset, root)
+    except DownloadError as exc:
+        raise DataError(f"{root}: downloading {dataset} failed: {exc}") from exc
 
 
 def _file_stamps(files: Sequence[Path]) -> tuple[tuple[str, int, int], ...]:
