@@ -10,7 +10,8 @@ from pathlib import Path
 
 from trainables.config import TrialConfig
 
-from .results import SweepStore, finished_hashes, training_counts, write_results, write_sweep_manifest
+from .lease import LeaseError, SweepLease
+from .results import GridMismatch, SweepStore, finished_hashes, training_counts, write_results, write_sweep_manifest
 from .tune import ResourceError, SweepSettings, check_fits, ray_runtime_env, run_cells
 
 
@@ -95,7 +96,23 @@ def launch(args, cells: list[TrialConfig], name: str, data_root: str, saved: dic
     check_data(cells, data_root)
 
     store = SweepStore(args.storage, name)
-    manifest = write_sweep_manifest(store, cells, asdict(settings))
+    lease = SweepLease(store)
+    try:
+        lease.acquire()
+    except LeaseError as err:
+        raise LaunchError(str(err)) from None
+    try:
+        return _launch_held(args, cells, name, store, settings)
+    finally:
+        lease.release()
+
+
+def _launch_held(args, cells: list[TrialConfig], name: str, store: SweepStore, settings: SweepSettings) -> int:
+    """The launch proper, while this run holds the sweep's lease."""
+    try:
+        manifest = write_sweep_manifest(store, cells, asdict(settings), extend=getattr(args, "extend", False))
+    except GridMismatch as err:
+        raise LaunchError(str(err)) from None
     manifest_cells = [TrialConfig.from_dict(c) for c in manifest["cells"]]
     done = finished_hashes(store, cells)
     todo = [c for c in cells if c.config_hash not in done]

@@ -128,7 +128,37 @@ def git_revision() -> str:
         return "unknown"
 
 
-def write_sweep_manifest(store: SweepStore, cells: list[TrialConfig], settings: dict) -> dict:
+class GridMismatch(ValueError):
+    """A sweep name already holds a different grid."""
+
+
+def grid_difference(saved: list[dict], cells: list[TrialConfig]) -> str | None:
+    """None if `cells` are cells of the saved grid (all or some of them); else what differs: cell counts and, per
+    config field, the values only one side has."""
+    saved_cfgs = [TrialConfig.from_dict(c) for c in saved]
+    saved_hashes = {c.config_hash for c in saved_cfgs}
+    new = [c for c in cells if c.config_hash not in saved_hashes]
+    if not new:
+        return None
+    fields = []
+    for name in TrialConfig.__dataclass_fields__:
+        before = {repr(getattr(c, name)) for c in saved_cfgs}
+        after = {repr(getattr(c, name)) for c in cells}
+        if before != after:
+            fields.append(f"{name}: saved {', '.join(sorted(before))}; now {', '.join(sorted(after))}")
+    return (f"{len(new)} of this grid's {len(cells)} cells are not among the saved {len(saved_cfgs)} "
+            f"(e.g. {new[0].describe()} [{new[0].config_hash}])" + ("; " + " | ".join(fields) if fields else ""))
+
+
+def write_sweep_manifest(store: SweepStore, cells: list[TrialConfig], settings: dict, extend: bool = False) -> dict:
+    """Create sweep.json, or check `cells` against it: a different grid under the same name is refused (its cells
+    would sit beside the old ones, with labels that clash) unless `extend` adds them on purpose."""
+    if store.exists("sweep.json") and not extend:
+        old = json.loads(store.read_bytes("sweep.json"))
+        diff = grid_difference(old.get("cells", []), cells)
+        if diff:
+            raise GridMismatch(f"sweep {store.uri} holds a different grid: {diff}. To run this grid separately "
+                               "choose another --name; to add its cells to this sweep on purpose pass --extend")
     manifest = {
         "cells": [c.to_dict() for c in cells],
         "settings": settings,

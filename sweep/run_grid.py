@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--download-only", action="store_true",
                    help="download the CIFAR the grid needs into the data root (default " + DOWNLOAD_ROOT
                         + "), then exit")
+    g.add_argument("--extend", action="store_true",
+                   help="add this grid's cells to the existing sweep STORAGE/NAME (without it a different grid under "
+                        "an existing name is refused)")
     g = p.add_argument_group("resources")
     g.add_argument("--address", help="an existing Ray cluster ('auto' or host:port); default: start a local one")
     g.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
@@ -108,37 +111,45 @@ def ensure_data(datasets: set[str], data_root: str, mirror: str | None) -> None:
             ) from None
 
 
+def grid_from_args(args):
+    if bool(args.preset) == bool(args.grid_file):
+        raise GridError("choose exactly one of --preset and --grid-file")
+    grid = PRESETS[args.preset] if args.preset else load_grid_file(args.grid_file)
+    if args.seeds:
+        grid = grid.with_seeds(parse_seeds(args.seeds))
+    for expr in args.set:
+        grid = grid.with_override(*parse_set(expr))
+    return grid
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
 
-    from sweep.results import SweepStore, read_sweep_manifest
+    from sweep.results import SweepStore, grid_difference, read_sweep_manifest
     from trainables.config import TrialConfig
 
     try:
         if args.resume:
-            if args.preset or args.grid_file or args.set or args.seeds:
-                raise GridError("--resume runs the sweep's saved grid: drop --preset/--grid-file/--set/--seeds "
-                                "(to change the grid, re-run without --resume; finished cells are skipped)")
             if not args.name:
                 raise GridError("--resume needs --name (the sweep folder under --storage)")
             store = SweepStore(args.storage, args.name)
             manifest = read_sweep_manifest(store)
             cells = [TrialConfig.from_dict(c) for c in manifest["cells"]]
+            if args.preset or args.grid_file or args.set or args.seeds:  # accepted when it names the saved grid
+                diff = grid_difference(manifest["cells"], grid_from_args(args).cells())
+                if diff:
+                    raise GridError(f"--resume: the grid given differs from the one saved in {store.uri}: {diff}. "
+                                    "Drop --preset/--grid-file/--set/--seeds to resume the saved grid, or re-run "
+                                    "without --resume, with --extend, to add cells to it")
             saved = manifest.get("settings", {})
             name = args.name
         else:
-            if bool(args.preset) == bool(args.grid_file):
-                raise GridError("choose exactly one of --preset and --grid-file")
-            grid = PRESETS[args.preset] if args.preset else load_grid_file(args.grid_file)
-            if args.seeds:
-                grid = grid.with_seeds(parse_seeds(args.seeds))
-            for expr in args.set:
-                grid = grid.with_override(*parse_set(expr))
+            grid = grid_from_args(args)
             cells = grid.cells()
             name = args.name or grid.name
             saved = {}
-    except (GridError, FileNotFoundError) as err:
+    except (GridError, FileNotFoundError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
