@@ -9,7 +9,7 @@ from analysis.load import Sweep, SweepLoadError, load_sweep
 from analysis.methods import PAPER_METHODS, dataset_table, method_name, order_methods
 from analysis.plots import plot_accuracy_curves, plot_per_class_accuracy, plot_prior_estimate, plot_runtime
 from analysis.published import PUBLISHED, published
-from analysis.render import show, to_latex, to_markdown
+from analysis.render import show, to_html, to_latex, to_markdown
 from analysis.tables import (
     annotate,
     cell_stats,
@@ -33,7 +33,7 @@ __all__ = [
     "compare_published_tidy", "dataset_table", "failures", "filter_runs", "load_sweep", "method_name",
     "order_methods", "paper_table", "paper_table_tidy", "plot_accuracy_curves", "plot_per_class_accuracy",
     "plot_prior_estimate", "plot_runtime", "published", "raw_vs_adjusted", "raw_vs_adjusted_tidy", "shots_table",
-    "shots_table_tidy", "show", "status_table", "tables_in", "to_latex", "to_markdown", "varying_fields",
+    "shots_table_tidy", "show", "status_table", "tables_in", "to_html", "to_latex", "to_markdown", "varying_fields",
     "write_report",
 ]
 

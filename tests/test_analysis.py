@@ -35,6 +35,7 @@ from analysis import (
     shots_table_tidy,
     status_table,
     tables_in,
+    to_html,
     to_latex,
     to_markdown,
     varying_fields,
@@ -285,17 +286,31 @@ def test_status_and_failures(frames):
     assert len(fails) == 3 and set(fails["error"]) == {"RuntimeError: CUDA out of memory"}
 
 
+def _cells_of(md: str) -> list[list[str]]:
+    """A Markdown table's rows as lists of stripped cells (tabulate pads columns to a common width)."""
+    return [[c.strip() for c in line.strip().strip("|").split("|")] for line in md.splitlines() if line.startswith("|")]
+
+
 def test_renderers(frames):
     runs, _ = frames
     md = to_markdown(paper_table(runs, C10))
     assert md.startswith("**CIFAR-10-LT: test top1 (%) at the last epoch**")
-    assert "| method | ρ=50 q=0.3 | ρ=50 q=0.5 | ρ=100 q=0.3 | ρ=100 q=0.5 |" in md
-    assert "| CORR | 70.50 ± 2.12 (n=2) |" in md and "| – |" in md
-    shots_md = to_markdown(shots_table(runs, C10))
-    assert "| CORR | many |" in shots_md and "|  | medium |" in shots_md  # repeated index values blanked
+    rows = _cells_of(md)
+    assert rows[0] == ["method", "ρ=50 q=0.3", "ρ=50 q=0.5", "ρ=100 q=0.3", "ρ=100 q=0.5"]
+    assert ["CORR", "70.50 ± 2.12 (n=2)"] == rows[2][:2] and any("–" in r for r in rows)
+    assert len({len(line) for line in md.splitlines() if line.startswith("|")}) == 1  # aligned columns
+    shots = _cells_of(to_markdown(shots_table(runs, C10)))
+    assert shots[2][:2] == ["CORR", "many"] and shots[3][:2] == ["", "medium"]  # repeated index values blanked
     tex = to_latex(paper_table(runs, C10), label="tab:c10")
     assert r"\toprule" in tex and r"70.50 $\pm$ 2.12 (n=2)" in tex and r"\label{tab:c10}" in tex
     assert r"(\%)" in tex and r"$\rho$=50 q=0.3" in tex
+    # one header row (index names folded in), repeated index values blanked, booktabs rules around the body
+    shots_tex = to_latex(shots_table(runs, C10)).splitlines()
+    top = shots_tex.index(r"\toprule")
+    assert shots_tex[top + 1].startswith("method & shot & ") and shots_tex[top + 2] == r"\midrule"
+    assert shots_tex[top + 4].startswith(" & medium & ")
+    html = to_html(paper_table(runs, C10))
+    assert "<h3>CIFAR-10-LT: test top1 (%) at the last epoch</h3>" in html and "70.50 ± 2.12 (n=2)" in html
 
 
 # --- figures, report, notebook -------------------------------------------------------------------------------------
