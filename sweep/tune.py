@@ -18,7 +18,8 @@ from pathlib import Path
 
 from trainables.config import TrialConfig
 
-from .results import EPOCH_COLUMNS, SweepStore, write_results
+from .progress import summarize
+from .results import EPOCH_COLUMNS, SweepStore, total_epochs, write_results
 
 TRAIN_DIR = "train"
 TUNE_FN_CPU = 0.01  # a trial cannot ask for 0 CPU (RAY.md); the smallest share that works
@@ -164,13 +165,31 @@ class SweepRecorder(_tune_callback_base()):
     rebuilds the Parquet files now and then (so a running sweep can be analysed) and at the end."""
 
     def __init__(self, store: SweepStore, cells: list[TrialConfig], flush_s: float = 2.0,
-                 rebuild_s: float = 60.0):
+                 rebuild_s: float = 60.0, running: list[TrialConfig] | None = None, slots: int = 1,
+                 progress_s: float = 30.0):
         self.store = store
         self.cells = cells
         self.flush_s, self.rebuild_s = flush_s, rebuild_s
         self._rows: list[dict] = []
         self._events: list[dict] = []
         self._last_flush = self._last_rebuild = time.monotonic()
+        # progress of the cells this experiment runs (a resumed cell's earlier epochs are not seen: its ETA errs
+        # long)
+        self._total = {c.config_hash: total_epochs(c) for c in (running if running is not None else cells)}
+        self._states: dict[str, str] = {}
+        self._seen: dict[str, set] = {}
+        self._epoch_s: list[float] = []
+        self.slots, self.progress_s = slots, progress_s
+        self._last_progress = time.monotonic()
+
+    def progress_line(self) -> str:
+        done = {h: len(seen) for h, seen in self._seen.items()}
+        return summarize(self._total, done, self._states, self._epoch_s, self.slots).line()
+
+    def _print_progress(self, force: bool = False) -> None:
+        if force or time.monotonic() - self._last_progress > self.progress_s:
+            print(self.progress_line(), flush=True)
+            self._last_progress = time.monotonic()
 
     @staticmethod
     def _hash(trial) -> str | None:
@@ -190,8 +209,14 @@ class SweepRecorder(_tune_callback_base()):
             write_results(self.store, self.cells)
             self._last_rebuild = time.monotonic()
 
+    def _set_state(self, trial, state: str) -> None:
+        h = self._hash(trial)
+        if h in self._total:
+            self._states[h] = state
+
     def on_trial_start(self, iteration, trials, trial, **info):
         self._event(trial, "start")
+        self._set_state(trial, "running")
         self.flush()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -201,12 +226,17 @@ class SweepRecorder(_tune_callback_base()):
         row["_t"] = time.time()
         row["trial_id"] = trial.trial_id
         self._rows.append(row)
+        self._seen.setdefault(result["config_hash"], set()).add((result.get("stage"), result["epoch"]))
+        self._epoch_s.append(float(result.get("epoch_s") or 0.0) + float(result.get("eval_s") or 0.0))
         if time.monotonic() - self._last_flush > self.flush_s:
             self.flush()
+        self._print_progress()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._event(trial, "finish")
+        self._set_state(trial, "finished")
         self.flush(rebuild=True)
+        self._print_progress(force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         error = None
@@ -215,7 +245,9 @@ class SweepRecorder(_tune_callback_base()):
         except Exception as err:  # the error file may be gone on a remote store; keep what we know
             error = f"(could not read the trial's error file: {err})"
         self._event(trial, "error", error=_error_summary(error))
+        self._set_state(trial, "failed")
         self.flush(rebuild=True)
+        self._print_progress(force=True)
 
     def on_experiment_end(self, trials, **info):
         self.flush(rebuild=True)
@@ -320,7 +352,8 @@ def run_cells(store: SweepStore, cells: list[TrialConfig], settings: SweepSettin
     # Tune's newer console output ignores progress reporters; the classic one shows our compact per-cell table.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    recorder = SweepRecorder(store, [TrialConfig.from_dict(c) for c in _manifest_cells(store)])
+    recorder = SweepRecorder(store, [TrialConfig.from_dict(c) for c in _manifest_cells(store)], running=cells,
+                             slots=max_concurrent)
     param_space = {
         "cell": tune.grid_search([c.to_dict() for c in cells]),
         "settings": asdict(settings),

@@ -90,8 +90,9 @@ def test_cli_runs_and_guards_the_run_folder(tmp_path, capsys):
             "--batch-size", "32", "--img-max", "60", "--test-per-class", "20", "--data-root", "synthetic",
             "--out", str(out), "--num-workers", "0"]
     assert train_cli.main(argv) == 0
-    printed = capsys.readouterr().out
+    printed, err = capsys.readouterr()
     assert "epoch    1/1 top1" in printed
+    assert "step" not in err, "stderr is no terminal here: no progress bar"
     assert (out / "checkpoint.pt").is_file() and (out / "epochs.parquet").is_file()
     with pytest.raises(SystemExit):
         train_cli.main(argv)  # the folder holds a run: refuse without --resume
@@ -100,6 +101,20 @@ def test_cli_runs_and_guards_the_run_folder(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train_cli.main(argv[:-2] + ["--q", "1.5", "--out", str(tmp_path / "x")])
     assert "q=1.5" in capsys.readouterr().err
+
+
+def test_cli_progress_bar_on_a_terminal_keeps_one_line_per_epoch(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    argv = ["--dataset", "cifar10", "--rho", "10", "--q", "0.3", "--arch", "small-cnn", "--epochs", "2",
+            "--batch-size", "32", "--img-max", "60", "--test-per-class", "20", "--data-root", "synthetic",
+            "--out", str(tmp_path / "run"), "--num-workers", "0"]
+    assert train_cli.main(argv) == 0
+    out, err = capsys.readouterr()
+    epoch_lines = [line.split(" top1")[0] for line in out.splitlines() if line.startswith("epoch")]
+    assert epoch_lines == ["epoch    1/2", "epoch    2/2"]
+    assert "epoch 1/2" in err and "epoch 2/2" in err and "step" in err  # the bar, per epoch, on stderr only
 
 
 def test_cli_missing_data_root_is_a_clear_error(tmp_path, capsys):

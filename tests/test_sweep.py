@@ -99,6 +99,7 @@ def test_smoke_sweep_writes_complete_parquet(smoke_sweep):
     assert runs["git_rev"].notna().all() and runs["package_version"].notna().all()
     assert (runs["wall_s"] > 0).all() and (runs["images_per_s"] > 0).all()
     assert "status: finished 7" in out.stdout
+    assert "progress: 7 finished, 0 running, 0 failed, 0 pending" in out.stdout  # the driver's progress line
     # re-running the same sweep finds everything finished and starts nothing
     again = run_grid("--preset", "smoke", "--storage", str(sweep.parent), "--name", "smoke", timeout=120)
     assert again.returncode == 0 and "7 already finished, 0 to run" in again.stdout

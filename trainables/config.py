@@ -364,6 +364,9 @@ class RunOptions:
     $RECORDS_DATA_MIRROR)."""
     verbose: bool = True
     """Print one line per epoch."""
+    progress_bar: bool = False
+    """A tqdm bar over each epoch's steps on stderr, erased when the epoch ends (the CLI turns it on when stderr is a
+    terminal, so logs keep one line per epoch)."""
 
 
 @functools.cache

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -210,7 +211,13 @@ def fit(cfg: TrialConfig, options: RunOptions, on_epoch: Callable[[dict, Path | 
             lr = optimizer.param_groups[0]["lr"]
             sampler.set_epoch(epoch_offset + epoch)
             t0 = time.perf_counter()
-            sums = train_steps(model, method, optimizer, loader, data.train_norm, device, epoch)
+            batches = loader
+            if options.progress_bar and is_writer:
+                from tqdm import tqdm
+
+                label = f"{'' if stage == 'train' else stage + ' '}epoch {epoch + 1}/{stage_epochs}"
+                batches = tqdm(loader, total=steps, desc=label, unit="step", leave=False, file=sys.stderr)
+            sums = train_steps(model, method, optimizer, batches, data.train_norm, device, epoch)
             epoch_s = time.perf_counter() - t0
             scheduler.step()
 

@@ -1,6 +1,7 @@
 """One run in one process: `python -m trainables.train --dataset cifar10 --rho 100 --q 0.3 --records ...`.
 
-Prints one line per epoch; RUN_DIR (--out) receives config.json, checkpoint.pt and epochs.parquet. `--resume`
+Prints one line per epoch (on a terminal, also a progress bar over the epoch's steps); RUN_DIR (--out) receives
+config.json, checkpoint.pt and epochs.parquet. `--resume`
 continues the run in RUN_DIR from its checkpoint, bit for bit.
 """
 
@@ -121,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     options = RunOptions(data_root=args.data_root, out_dir=str(out), device=args.device,
                          num_workers=args.num_workers, checkpoint_every=args.checkpoint_every,
-                         download=args.download, verbose=not args.quiet)
+                         download=args.download, verbose=not args.quiet,
+                         progress_bar=not args.quiet and sys.stderr.isatty())
     out.mkdir(parents=True, exist_ok=True)
     if resume_from is None:
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
