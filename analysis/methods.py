@@ -11,6 +11,8 @@ from collections.abc import Iterable
 
 import pandas as pd
 
+from trainables.methods import REGISTRY
+
 ORACLE_SUFFIX = {"disamb": "disamb", "loss": "loss", "posthoc": "post-hoc"}
 DEFAULT_ORACLE_MODE = "disamb"
 
@@ -18,7 +20,6 @@ DEFAULT_ORACLE_MODE = "disamb"
 PAPER_METHODS = ("CORR", "CORR + Oracle-LA", "CORR + RECORDS", "SoLar (w/ Mixup)", "CORR + RECORDS (w/ Mixup)")
 METHOD_ORDER = PAPER_METHODS + ("CORR + Mixup",)
 
-_BASE = {"corr": "CORR", "solar": "SoLar"}
 
 
 def _missing(value: object) -> bool:
@@ -32,14 +33,15 @@ def method_name(method: str, records: bool = False, mixup: bool = False, oracle_
     records = bool(records) and not _missing(records)
     mixup = bool(mixup) and not _missing(mixup)
     oracle = None if _missing(oracle_la) or oracle_la in ("", "none", "None") else str(oracle_la)
-    parts = [_BASE.get(str(method), str(method))]
+    spec = REGISTRY.get(str(method))
+    parts = [spec.display if spec is not None else str(method)]
     if records:
         parts.append("RECORDS")
     if oracle is not None:
         parts.append("Oracle-LA" if oracle == paper_oracle_mode else f"Oracle-LA ({ORACLE_SUFFIX.get(oracle, oracle)})")
     name = " + ".join(parts)
     # SoLar always trains with its own mixup, which the paper's row name states.
-    if method == "solar" or (mixup and (records or oracle is not None)):
+    if (spec is not None and spec.own_mixup) or (mixup and (records or oracle is not None)):
         return name + " (w/ Mixup)"
     if mixup:
         return name + " + Mixup"

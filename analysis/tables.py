@@ -19,7 +19,6 @@ Rules (the same for every table here):
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -30,9 +29,12 @@ from analysis.methods import DEFAULT_ORACLE_MODE, add_method_names, method_sort_
 from analysis.methods import dataset_table as table_name  # `dataset_table` is a parameter name below
 from analysis.published import PUBLISHED, PUBLISHED_TABLES
 from analysis.published import SOURCE as PUBLISHED_SOURCE
-from trainables.config import SOLAR_FIELDS, TrialConfig
+from trainables.config import flat_fields
+from trainables.methods import REGISTRY
 
-CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(TrialConfig))
+CONFIG_FIELDS = tuple(name for name, _ in flat_fields())
+# A method's own parameter -> that method (its column is null in the other methods' runs).
+PARAM_OWNER = {key: spec.name for spec in REGISTRY.values() for key in spec.flat_keys()}
 # Fields that place a run in a table, a row and a column; every other config field is a candidate row key.
 PLACEMENT = ("dataset", "nu", "rho", "q", "method", "records", "mixup", "oracle_la")
 DEFAULT_AVERAGE_OVER = ("seed",)
@@ -64,7 +66,7 @@ def varying_fields(runs: pd.DataFrame, average_over: Sequence[str] = DEFAULT_AVE
     for name in CONFIG_FIELDS:
         if name in PLACEMENT or name in average_over or name not in runs.columns:
             continue
-        sub = runs[runs["method"] == "solar"] if name in SOLAR_FIELDS else runs
+        sub = runs[runs["method"] == PARAM_OWNER[name]] if name in PARAM_OWNER else runs
         if sub[name].map(_key).nunique() > 1:
             out.append(name)
     return out

@@ -15,23 +15,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainables.config import SOLAR_FIELDS, ConfigError, TrialConfig
+from trainables.config import TEST_CLASS_SIZE, ConfigError, TrialConfig, flat_fields
 from trainables.data.longtail import class_counts
+from trainables.methods import REGISTRY, SWITCHES
 
-# The methods of the paper's table as grid values; each sets the four method fields of a TrialConfig.
-VARIANTS: dict[str, dict[str, Any]] = {
-    "corr": dict(method="corr", records=False, mixup=False, oracle_la=None),
-    "corr+mixup": dict(method="corr", records=False, mixup=True, oracle_la=None),
-    "records": dict(method="corr", records=True, mixup=False, oracle_la=None),
-    "records+mixup": dict(method="corr", records=True, mixup=True, oracle_la=None),
-    "oracle-la": dict(method="corr", records=False, mixup=False, oracle_la="disamb"),
-    "oracle-la-loss": dict(method="corr", records=False, mixup=False, oracle_la="loss"),
-    "oracle-la-posthoc": dict(method="corr", records=False, mixup=False, oracle_la="posthoc"),
-    "solar": dict(method="solar", records=False, mixup=False, oracle_la=None),
-}
-VARIANT_FIELDS = ("method", "records", "mixup", "oracle_la")
-CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(TrialConfig))
-AXES = ("variant", *CONFIG_FIELDS)
+
+def variants() -> dict[str, dict[str, Any]]:
+    """Grid variant name -> the method and its switches (every switch set: the unnamed ones off), from the methods'
+    declarations."""
+    off = {"records": False, "mixup": False, "oracle_la": None}
+    assert set(off) == set(SWITCHES)
+    return {name: {"method": spec.name, **off, **switches}
+            for spec in REGISTRY.values() for name, switches in spec.variants.items()}
+
+
+def axes() -> tuple[str, ...]:
+    """Grid keys: 'variant' and every flat config key (the methods' parameters included)."""
+    return ("variant", *(name for name, _ in flat_fields()))
+
+
+VARIANTS = variants()  # as of import; the functions see methods registered later
 
 
 class GridError(ValueError):
@@ -137,8 +140,8 @@ def _canonical_faithful(value) -> tuple[str, ...]:
 
 
 def _check_key(key: str) -> None:
-    if key not in AXES:
-        raise GridError(f"unknown grid key {key!r}; valid keys: {', '.join(AXES)}")
+    if key not in axes():
+        raise GridError(f"unknown grid key {key!r}; valid keys: {', '.join(axes())}")
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
@@ -156,7 +159,7 @@ def parse_seeds(text: str) -> tuple[int, ...]:
 
 
 def _variant_of(cell: dict) -> str | None:
-    for name, fields in VARIANTS.items():
+    for name, fields in variants().items():
         if all(cell.get(k, getattr(TrialConfig, k)) == v for k, v in fields.items()):
             return name
     return None
@@ -180,9 +183,10 @@ def _resolve_variant(cell: dict) -> dict:
     cell = dict(cell)
     name = cell.pop("variant", None)
     if name is not None:
-        if name not in VARIANTS:
-            raise GridError(f"variant={name!r}: choose one of {', '.join(VARIANTS)}")
-        cell.update(VARIANTS[name])
+        known = variants()
+        if name not in known:
+            raise GridError(f"variant={name!r}: choose one of {', '.join(known)}")
+        cell.update(known[name])
     return cell
 
 
@@ -196,7 +200,7 @@ def apply_override(cells: list[dict], key: str, values: tuple) -> list[dict]:
     def value_of(cell: dict) -> Any:
         if key == "variant":
             return _variant_of(cell)
-        v = cell.get(key, getattr(TrialConfig, key))
+        v = cell.get(key, getattr(TrialConfig, key, None))
         return tuple(v) if isinstance(v, list) else v
 
     present = {value_of(c) for c in cells}
@@ -217,9 +221,10 @@ def apply_override(cells: list[dict], key: str, values: tuple) -> list[dict]:
         for v in wanted:
             new = dict(cell)
             if key == "variant":
-                if v not in VARIANTS:
-                    raise GridError(f"variant={v!r}: choose one of {', '.join(VARIANTS)}")
-                new.update(VARIANTS[v])
+                known = variants()
+                if v not in known:
+                    raise GridError(f"variant={v!r}: choose one of {', '.join(known)}")
+                new.update(known[v])
             else:
                 new[key] = v
             out.append(new)
@@ -236,10 +241,8 @@ def expand(grid: Grid) -> list[TrialConfig]:
                         f"{[f'{k}={v}' for k, v in grid.overrides]}")
     configs, seen = [], set()
     for cell in cells:
-        if cell.get("method", "corr") != "solar":  # SoLar's knobs (e.g. a base est_epochs) apply to SoLar cells only
-            cell = {k: v for k, v in cell.items() if k not in SOLAR_FIELDS}
-        try:
-            cfg = TrialConfig(**cell)
+        try:  # a method's own knobs (e.g. SoLar's est_epochs in a base) apply to that method's cells only
+            cfg = TrialConfig.from_dict(cell, other_methods="ignore")
         except ConfigError as err:
             raise GridError(f"grid {grid.name!r}: invalid cell {json.dumps(cell, default=str)}: {err}") from None
         except TypeError as err:
@@ -328,15 +331,8 @@ def cell_cost(cfg: TrialConfig) -> dict[str, float]:
     """Image-passes of one cell: fwd+bwd training passes and forward-only passes (test, SoLar's estimation)."""
     n = sum(class_counts(cfg.head_class_size, cfg.num_classes, cfg.rho))
     per_epoch = (n // cfg.batch_size) * cfg.batch_size
-    test = cfg.num_classes * (cfg.test_per_class or (1000 if cfg.dataset == "cifar10" else 100))
-    if cfg.method == "solar":
-        epochs = cfg.epochs + cfg.est_epochs
-        fwd_bwd = per_epoch * 2.6 * epochs  # 2 views + mixup on the reliable subset (~0.6 of the batch), §12.1
-        fwd_only = (n + test) * epochs
-    else:
-        mixed = cfg.epochs - (0 if cfg.is_faithful("mixup_epoch0") else min(cfg.upd_start, cfg.epochs))
-        fwd_bwd = per_epoch * (2 * cfg.epochs + (2 * mixed if cfg.mixup else 0))
-        fwd_only = test * cfg.epochs
+    test = cfg.num_classes * (cfg.test_per_class or TEST_CLASS_SIZE[cfg.dataset])
+    fwd_bwd, fwd_only = cfg.spec.cost(cfg, n, per_epoch, test)
     return {"n_train": n, "fwd_bwd": fwd_bwd, "fwd_only": fwd_only}
 
 
@@ -362,8 +358,4 @@ def describe_cells(cells: list[TrialConfig]) -> str:
     for label, rate in ASSUMED_THROUGHPUTS.items():
         lines.append(f"GPU-hours at {label}: {gpu_hours(total_fb, total_fo, rate):.3g}{note}")
     return "\n".join(lines)
-
-
-def datasets_needed(cells: list[TrialConfig]) -> set[str]:
-    return {c.dataset for c in cells}
 

@@ -32,11 +32,12 @@ import pyarrow.parquet as pq
 import trainables
 from trainables.config import TrialConfig
 from trainables.data.longtail import class_counts, shuffle_counts
-from trainables.epoch_schema import EPOCH_ROW_SCHEMA
+from trainables.epoch_schema import epoch_row_schema
+from trainables.history import epochs_table
 
-from .schema import RUNS_SCHEMA, SCHEMA_VERSION
+from .schema import SCHEMA_VERSION, runs_schema
 
-EPOCH_COLUMNS = [f.name for f in EPOCH_ROW_SCHEMA]
+EPOCH_COLUMNS = [f.name for f in epoch_row_schema()]
 
 
 class SweepStore:
@@ -187,7 +188,7 @@ def read_sweep_manifest(store: SweepStore) -> dict:
 
 
 def total_epochs(cfg: TrialConfig) -> int:
-    return cfg.epochs + (cfg.est_epochs if cfg.method == "solar" else 0)
+    return cfg.epochs + cfg.spec.extra_epochs(cfg)
 
 
 def training_counts(cfg: TrialConfig) -> list[int]:
@@ -221,11 +222,6 @@ def merge_epoch_rows(rows: list[dict]) -> list[dict]:
         latest[(row["config_hash"], row["stage"], int(row["epoch"]))] = row
     stage_order = {"estimate": 0, "train": 1}
     return sorted(latest.values(), key=lambda r: (r["config_hash"], stage_order.get(r["stage"], 9), r["epoch"]))
-
-
-def epochs_frame(rows: list[dict]) -> pa.Table:
-    columns = {name: [r.get(name) for r in rows] for name in EPOCH_COLUMNS}
-    return pa.Table.from_pydict(columns, schema=EPOCH_ROW_SCHEMA)
 
 
 def _ts(value) -> datetime | None:
@@ -286,8 +282,9 @@ def runs_table(cells: list[TrialConfig], epoch_rows: list[dict], events: list[di
             "schema_version": SCHEMA_VERSION,
         }
         out.append(record)
-    columns = {f.name: [r.get(f.name) for r in out] for f in RUNS_SCHEMA}
-    return pa.Table.from_pydict(columns, schema=RUNS_SCHEMA)
+    schema = runs_schema()
+    columns = {f.name: [r.get(f.name) for r in out] for f in schema}
+    return pa.Table.from_pydict(columns, schema=schema)
 
 
 def write_results(store: SweepStore, cells: list[TrialConfig] | None = None) -> tuple[pa.Table, pa.Table]:
@@ -301,7 +298,7 @@ def write_results(store: SweepStore, cells: list[TrialConfig] | None = None) -> 
     merged = merge_epoch_rows(rows)
     events = [e for e in store.read_records("events") if e.get("config_hash") in wanted]
     runs = runs_table(cells, merged, events, manifest)
-    epochs = epochs_frame(merged)
+    epochs = epochs_table(merged)
     for table, name in ((runs, "runs.parquet"), (epochs, "epochs.parquet")):
         buf = io.BytesIO()
         pq.write_table(table, buf)

@@ -19,7 +19,7 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
-from sweep.grids import PRESETS, GridError, describe_cells, load_grid_file, parse_seeds, parse_set  # noqa: E402
+from sweep.grids import PRESETS, GridError, describe_cells, load_grid_file, parse_seeds, parse_set, variants  # noqa: E402
 
 DEFAULT_DATA_ROOTS = ("./data", "../shared/data")
 DOWNLOAD_ROOT = "./data"  # where a first run puts the CIFAR it downloads
@@ -35,8 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seeds", help="training seeds, comma-separated (default: the grid's, 123)")
     g.add_argument("--set", action="append", default=[], metavar="KEY=V[,V...]",
                    help="narrow an axis to values it has (--set q=0.3,0.5 --set records=true) or override a field "
-                        "for every cell (--set epochs=5); repeatable; variant names: corr, corr+mixup, records, "
-                        "records+mixup, oracle-la, oracle-la-loss, oracle-la-posthoc, solar")
+                        "for every cell (--set epochs=5); repeatable; variant names: " + ", ".join(variants()))
     g.add_argument("--dry-run", action="store_true", help="print the cells, their count and cost; start nothing")
     g = p.add_argument_group("where")
     g.add_argument("--storage", default="./sweeps", help="sweeps folder: a path or any URI pyarrow opens")

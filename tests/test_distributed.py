@@ -26,7 +26,7 @@ def _free_port() -> int:
 
 
 SOLAR = TrialConfig(dataset="cifar10", rho=10, q=0.3, img_max=60, test_per_class=21, arch="small-cnn", epochs=2,
-                    batch_size=32, method="solar", est_epochs=1, solar_queue_batches=2)
+                    batch_size=32, method="solar", params=dict(est_epochs=1, queue_batches=2))
 
 
 def _rank_main(rank: int, world: int, port: int, out_dir: str, cfg: TrialConfig = CFG) -> None:

@@ -17,7 +17,8 @@ def test_paper_preset_covers_the_tables():
     cells = PRESETS["paper"].cells()
     assert len(cells) == 18 * 6  # (6 CIFAR-10-LT + 6 CIFAR-100-LT + 6 CIFAR-100-LT-NU) x 5 CORR-family + SoLar
     solar = [c for c in cells if c.method == "solar"]
-    assert len(solar) == 18 and {(c.dataset, c.est_epochs) for c in solar} == {("cifar10", 100), ("cifar100", 20)}
+    assert len(solar) == 18
+    assert {(c.dataset, c.params.est_epochs) for c in solar} == {("cifar10", 100), ("cifar100", 20)}
     assert {(c.dataset, c.nu) for c in cells} == {("cifar10", False), ("cifar100", False), ("cifar100", True)}
     assert {c.q for c in cells if c.dataset == "cifar10"} == {0.3, 0.5, 0.7}
     assert {c.q for c in cells if c.dataset == "cifar100"} == {0.03, 0.05, 0.07}

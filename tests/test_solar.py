@@ -93,7 +93,7 @@ def test_selection_keeps_one_per_present_class_and_respects_quotas():
 
 
 def test_queue_fills_and_shifts():
-    cfg = TrialConfig(method="solar", arch="small-cnn", batch_size=8, solar_queue_batches=2, est_epochs=0)
+    cfg = TrialConfig(method="solar", arch="small-cnn", batch_size=8, params=dict(queue_batches=2, est_epochs=0))
     n, k = 64, 10
     g = _gen(5)
     cand = torch.rand(n, k, generator=g) < 0.3
@@ -119,19 +119,22 @@ def test_queue_fills_and_shifts():
 
 def test_solar_config_and_stages():
     cfg = TrialConfig(method="solar", dataset="cifar100")
-    assert cfg.est_epochs == 20 and cfg.solar_rho_end == 0.5 and cfg.solar_gamma1 == 0.05
-    assert TrialConfig(method="solar").est_epochs == 100
+    assert cfg.params.est_epochs == 20 and cfg.params.rho_end == 0.5 and cfg.params.gamma1 == 0.05
+    assert TrialConfig(method="solar").params.est_epochs == 100
+    assert TrialConfig.from_dict(dict(method="solar", solar_rho_end=0.4)).params.rho_end == 0.4  # flat names
     with pytest.raises(ConfigError, match="est_epochs=5: applies to method='solar' only"):
-        TrialConfig(est_epochs=5)
+        TrialConfig.from_dict(dict(est_epochs=5))
+    with pytest.raises(ConfigError, match="solar_tau=1.5: must lie in"):
+        TrialConfig.from_dict(dict(method="solar", solar_tau=1.5))
     with pytest.raises(ConfigError, match="records"):
         TrialConfig(method="solar", records=True)
-    s = SoLar(TrialConfig(method="solar", est_epochs=3, epochs=7), torch.ones(4, 10, dtype=torch.bool), [1] * 10,
-              torch.device("cpu"))
+    s = SoLar(TrialConfig(method="solar", params=dict(est_epochs=3), epochs=7), torch.ones(4, 10, dtype=torch.bool),
+              [1] * 10, torch.device("cpu"))
     assert s.stages() == [("estimate", 3), ("train", 7)]
 
 
 SMALL = dict(dataset="cifar10", rho=10, q=0.3, img_max=60, test_per_class=20, arch="small-cnn", batch_size=32,
-             method="solar", solar_queue_batches=2)
+             method="solar")
 
 
 class Stop(Exception):
@@ -140,7 +143,7 @@ class Stop(Exception):
 
 @pytest.mark.parametrize("stop_at", [("estimate", 0), ("estimate", 1), ("train", 0)])
 def test_resume_in_either_stage_is_bit_identical(tmp_path, stop_at):
-    cfg = TrialConfig(**SMALL, est_epochs=2, epochs=2)
+    cfg = TrialConfig(**SMALL, params=dict(est_epochs=2, queue_batches=2), epochs=2)
     straight = fit(cfg, RunOptions(data_root="synthetic", num_workers=0, verbose=False))
 
     def stop(row, ckpt):
@@ -164,7 +167,7 @@ def test_resume_in_either_stage_is_bit_identical(tmp_path, stop_at):
 @pytest.mark.slow
 def test_estimated_prior_moves_toward_the_true_prior():
     cfg = TrialConfig(dataset="cifar10", rho=100, q=0.3, img_max=500, test_per_class=50, arch="small-cnn",
-                      batch_size=64, lr=0.05, method="solar", est_epochs=4, epochs=2, solar_queue_batches=4)
+                      batch_size=64, lr=0.05, method="solar", params=dict(est_epochs=4, queue_batches=4), epochs=2)
     result = fit(cfg, RunOptions(data_root="synthetic", num_workers=1, verbose=False))
     true = result.data.train.true_prior
     kl = lambda p: sum(a * math.log(a / b) for a, b in zip(true, p) if a > 0)

@@ -23,7 +23,8 @@ from typing import Any
 DATASETS = {"cifar10": 10, "cifar100": 100}
 # Images per class in the full training split: the head-class size n_0 of the LT profile.
 FULL_CLASS_SIZE = {"cifar10": 5000, "cifar100": 500}
-METHODS = ("corr", "solar")
+# Images per class in the test split.
+TEST_CLASS_SIZE = {"cifar10": 1000, "cifar100": 100}
 ARCHS = ("resnet18", "small-cnn")
 ORACLE_LA_MODES = ("disamb", "loss", "posthoc")
 PRECISIONS = ("fp32", "bf16")
@@ -44,15 +45,23 @@ FAITHFUL_QUIRKS = {
     "§11.11), instead of in log space with a stop test",
 }
 
-# SoLar's per-dataset hyper-parameters (METHOD.md §7.5); None in a config means "the dataset's value".
-SOLAR_DEFAULTS = {
-    "cifar10": dict(est_epochs=100, solar_rho_start=0.2, solar_rho_end=0.6, solar_gamma1=0.1, solar_gamma2=0.01),
-    "cifar100": dict(est_epochs=20, solar_rho_start=0.2, solar_rho_end=0.5, solar_gamma1=0.05, solar_gamma2=0.01),
-}
-SOLAR_FIELDS = (
-    "est_epochs", "solar_rho_start", "solar_rho_end", "solar_gamma1", "solar_gamma2", "solar_lamd",
-    "solar_eta", "solar_tau", "solar_warmup", "solar_queue_batches",
+# The flat fields of a config as they were when the config hash was first defined (hash version 1, before methods
+# were plug-ins; SoLar's parameters were then flat fields of every config, None outside SoLar). `config_hash`
+# always hashes these keys, and any other key only when it differs from its default, so every config that
+# existed then keeps its hash (tests/data/config_hashes_v1.json) and a new field at its default changes none.
+HASH_V1_KEYS = (
+    "dataset", "nu", "rho", "q", "img_max", "test_per_class", "data_seed", "method", "records", "mixup", "oracle_la",
+    "prior_momentum", "mixup_weight", "mixup_beta", "upd_start", "est_epochs", "solar_rho_start", "solar_rho_end",
+    "solar_gamma1", "solar_gamma2", "solar_lamd", "solar_eta", "solar_tau", "solar_warmup", "solar_queue_batches",
+    "arch", "epochs", "batch_size", "lr", "weight_decay", "momentum", "lr_min_ratio", "precision", "seed", "faithful",
 )
+
+
+def _methods():
+    """The method registry (imported late: the method modules import this one)."""
+    from . import methods
+
+    return methods
 
 
 class ConfigError(ValueError):
@@ -83,7 +92,8 @@ class TrialConfig:
 
     # --- method -----------------------------------------------------------------------------------------
     method: str = "corr"
-    """PLL method: 'corr' (the CORR family: CORR, +RECORDS, +Mixup, +Oracle-LA) or 'solar' (SoLar, §7)."""
+    """PLL method, by registered name: 'corr' (the CORR family: CORR, +RECORDS, +Mixup, +Oracle-LA), 'solar'
+    (SoLar), 'proden' (PRODEN, +RECORDS, +Oracle-LA); see docs/methods.md."""
     records: bool = False
     """RECORDS: disambiguate and predict with the momentum-estimated prior softmax(A mu + b) (§4)."""
     mixup: bool = False
@@ -102,27 +112,9 @@ class TrialConfig:
     """First epoch in which confidences are updated (and the mixup loss is on); before it W stays uniform
     over the candidates."""
 
-    # --- SoLar (method='solar' only; None = the dataset's value from METHOD.md §7.5) --------------------------
-    est_epochs: int | None = None
-    """SoLar stage A: epochs of the prior pre-estimation run (100 on CIFAR-10, 20 on CIFAR-100)."""
-    solar_rho_start: float | None = None
-    """SoLar: share of each class's quota selected as reliable at epoch 0 (0.2)."""
-    solar_rho_end: float | None = None
-    """SoLar: that share after the 50-epoch ramp (0.6 on CIFAR-10, 0.5 on CIFAR-100)."""
-    solar_gamma1: float | None = None
-    """SoLar: moving-average rate of the class prior r in stage A (0.1 on CIFAR-10, 0.05 on CIFAR-100)."""
-    solar_gamma2: float | None = None
-    """SoLar: moving-average rate of r in stage B (0.01)."""
-    solar_lamd: float | None = None
-    """SoLar: Sinkhorn exponent lambda on the masked predictions (3)."""
-    solar_eta: float | None = None
-    """SoLar: final weight of the reliable-set losses (0.9)."""
-    solar_tau: float | None = None
-    """SoLar: high-confidence threshold that also marks a sample reliable (0.99)."""
-    solar_warmup: int | None = None
-    """SoLar: epochs of the eta and rho ramps (50)."""
-    solar_queue_batches: int | None = None
-    """SoLar: length of the prediction queue, in batches (64 -> 16,384 rows at batch 256)."""
+    params: Any = None
+    """The method's own hyper-parameters: an instance of its registered dataclass (None = its defaults; a dict
+    of field -> value is accepted too). Flat names (CLI flags, grid keys, Parquet columns) come from the spec."""
 
     # --- model and optimisation -------------------------------------------------------------------------
     arch: str = "resnet18"
@@ -159,15 +151,14 @@ class TrialConfig:
         object.__setattr__(self, "faithful", tuple(sorted(set(faithful))))
         if self.oracle_la in ("", "none", "None"):
             object.__setattr__(self, "oracle_la", None)
-        for name in ("rho", "q", "lr", "weight_decay", "momentum", "lr_min_ratio", "prior_momentum",
-                     "mixup_weight", "mixup_beta"):
-            value = getattr(self, name)
-            if isinstance(value, int) and not isinstance(value, bool):
-                object.__setattr__(self, name, float(value))
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _as_float(f.type, getattr(self, f.name)))
         self.validate()
-        if self.method == "solar":
-            for key, value in self.solar_resolved().items():
-                object.__setattr__(self, key, value)
+
+    @property
+    def spec(self):
+        """The registered `MethodSpec` of `method`."""
+        return _methods().get_spec(self.method)
 
     @property
     def num_classes(self) -> int:
@@ -181,44 +172,12 @@ class TrialConfig:
         assert quirk in FAITHFUL_QUIRKS, quirk
         return quirk in self.faithful
 
-    def solar_resolved(self) -> dict[str, Any]:
-        """SoLar fields with None replaced by the dataset's value (§7.5)."""
-        base = dict(SOLAR_DEFAULTS[self.dataset], solar_lamd=3.0, solar_eta=0.9, solar_tau=0.99,
-                    solar_warmup=50, solar_queue_batches=64)
-        return {k: (getattr(self, k) if getattr(self, k) is not None else base[k]) for k in SOLAR_FIELDS}
-
     def validate(self) -> None:
         def bad(name: str, why: str) -> ConfigError:
             return ConfigError(f"{name}={getattr(self, name)!r}: {why}")
 
-        def check_type(name: str, kinds: tuple[type, ...], optional: bool = False) -> None:
-            value = getattr(self, name)
-            if optional and value is None:
-                return
-            if isinstance(value, bool) and bool not in kinds:
-                raise bad(name, f"expected {' or '.join(k.__name__ for k in kinds)}, got a bool")
-            if not isinstance(value, kinds):
-                raise bad(name, f"expected {' or '.join(k.__name__ for k in kinds)}, got {type(value).__name__}")
-
         for f in dataclasses.fields(self):
-            if f.name in ("nu", "records", "mixup"):
-                check_type(f.name, (bool,))
-            elif f.name in ("dataset", "method", "arch", "precision"):
-                check_type(f.name, (str,))
-            elif f.name in ("img_max", "test_per_class", "est_epochs", "solar_warmup", "solar_queue_batches"):
-                check_type(f.name, (int,), optional=True)
-            elif f.name in ("data_seed", "upd_start", "epochs", "batch_size", "seed"):
-                check_type(f.name, (int,))
-            elif f.name in ("oracle_la",):
-                check_type(f.name, (str,), optional=True)
-            elif f.name == "faithful":
-                pass
-            elif f.name.startswith("solar_"):
-                check_type(f.name, (int, float), optional=True)
-            else:
-                check_type(f.name, (int, float))
-                if not math.isfinite(getattr(self, f.name)):
-                    raise bad(f.name, "must be finite")
+            check_field_type(f.name, f.type, getattr(self, f.name))
 
         if self.dataset not in DATASETS:
             raise bad("dataset", f"choose one of {sorted(DATASETS)}")
@@ -233,7 +192,7 @@ class TrialConfig:
         full = FULL_CLASS_SIZE[self.dataset]
         if self.img_max is not None and not 1 <= self.img_max <= full:
             raise bad("img_max", f"must lie in [1, {full}] for {self.dataset}")
-        test_full = 1000 if self.dataset == "cifar10" else 100
+        test_full = TEST_CLASS_SIZE[self.dataset]
         if self.test_per_class is not None and not 1 <= self.test_per_class <= test_full:
             raise bad("test_per_class", f"must lie in [1, {test_full}] for {self.dataset}")
         if self.data_seed < 0:
@@ -241,24 +200,7 @@ class TrialConfig:
         if self.seed < 0:
             raise bad("seed", "must be >= 0")
 
-        if self.method not in METHODS:
-            raise bad("method", f"choose one of {list(METHODS)}")
-        if self.oracle_la is not None and self.oracle_la not in ORACLE_LA_MODES:
-            raise bad("oracle_la", f"choose one of {list(ORACLE_LA_MODES)} or leave it unset")
-        if self.records and self.oracle_la is not None:
-            raise ConfigError(
-                f"records=True with oracle_la={self.oracle_la!r}: RECORDS estimates the prior that Oracle-LA "
-                "takes from the true labels; choose one")
-        if self.method == "solar":
-            for name in ("records", "mixup"):
-                if getattr(self, name):
-                    raise bad(name, "is a CORR-family switch; SoLar has its own (always-on) mixup and prior")
-            if self.oracle_la is not None:
-                raise bad("oracle_la", "is a CORR-family switch; it does not apply to method='solar'")
-        else:
-            for name in SOLAR_FIELDS:
-                if getattr(self, name) is not None:
-                    raise bad(name, "applies to method='solar' only")
+        self._validate_method()
         if not 0.0 <= self.prior_momentum < 1.0:
             raise bad("prior_momentum", "the EMA momentum must lie in [0, 1)")
         if self.mixup_weight < 0:
@@ -288,48 +230,121 @@ class TrialConfig:
         if unknown:
             raise ConfigError(f"faithful={list(self.faithful)!r}: unknown quirk(s) {unknown}; "
                               f"known: {sorted(FAITHFUL_QUIRKS)} or 'all'")
-        if self.method == "solar":
-            s = self.solar_resolved()
-            if s["est_epochs"] < 0:
-                raise bad("est_epochs", "must be >= 0")
-            for name in ("solar_rho_start", "solar_rho_end", "solar_gamma1", "solar_gamma2", "solar_eta",
-                         "solar_tau"):
-                if not 0.0 <= s[name] <= 1.0:
-                    raise ConfigError(f"{name}={s[name]!r}: must lie in [0, 1]")
-            if s["solar_lamd"] <= 0:
-                raise ConfigError(f"solar_lamd={s['solar_lamd']!r}: must be > 0")
-            if s["solar_warmup"] < 1 or s["solar_queue_batches"] < 0:
-                raise ConfigError("solar_warmup must be >= 1 and solar_queue_batches >= 0")
+        if self.spec.validate is not None:
+            self.spec.validate(self)
+
+    def _validate_method(self) -> None:
+        """The method is registered, uses only the switches it implements, and its parameters are its own type
+        (built from None or a dict, completed by the method's `resolve`, type-checked)."""
+        registry = _methods().REGISTRY
+        if self.method not in registry:
+            raise ConfigError(f"method={self.method!r}: choose one of {list(registry)}")
+        spec = registry[self.method]
+        for name in _methods().SWITCHES:
+            value = getattr(self, name)
+            if name not in spec.switches and value not in (None, False):
+                raise ConfigError(f"{name}={value!r}: does not apply to method={self.method!r} ({spec.display} "
+                                  f"takes {', '.join(sorted(spec.switches)) or 'no switches'})")
+        if self.oracle_la is not None and self.oracle_la not in spec.oracle_la_modes:
+            raise ConfigError(f"oracle_la={self.oracle_la!r}: choose one of {list(spec.oracle_la_modes)} or leave it "
+                              "unset")
+        if self.records and self.oracle_la is not None:
+            raise ConfigError(
+                f"records=True with oracle_la={self.oracle_la!r}: RECORDS estimates the prior that Oracle-LA "
+                "takes from the true labels; choose one")
+        params = self.params
+        if spec.params is None:
+            if params not in (None, {}):
+                raise ConfigError(f"params={params!r}: method={self.method!r} has no parameters")
+            object.__setattr__(self, "params", None)
+            return
+        if params is None:
+            params = {}
+        if isinstance(params, dict):
+            unknown = sorted(set(params) - {f.name for f in spec.param_fields()})
+            if unknown:
+                raise ConfigError(f"params {unknown}: not parameters of method={self.method!r}; known: "
+                                  f"{[f.name for f in spec.param_fields()]}")
+            params = spec.params(**{f.name: _as_float(f.type, params.get(f.name, f.default))
+                                    for f in spec.param_fields()})
+        elif not isinstance(params, spec.params):
+            raise ConfigError(f"params={params!r}: method={self.method!r} takes {spec.params.__name__}")
+        if spec.resolve is not None:
+            params = spec.resolve(self, params)
+        for f in spec.param_fields():
+            check_field_type(spec.flat_name(f.name), f.type, getattr(params, f.name))
+        object.__setattr__(self, "params", params)
 
     # --- identity and (de)serialisation ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        """The flat form (config.json, the sweep manifest, runs.parquet): the fields, with the method's parameters
+        under their flat names instead of `params`."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "params"}
         d["faithful"] = list(self.faithful)
+        if self.params is not None:
+            d.update(self.spec.flatten(self.params))
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrialConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"unknown config field(s) {unknown}; known: {sorted(names)}")
+    def from_dict(cls, d: dict[str, Any], other_methods: str = "error") -> TrialConfig:
+        """The inverse of `to_dict`. Flat parameters of another method are refused when set, unless
+        other_methods='ignore' (a grid's base may set SoLar's knobs for the SoLar cells only); None values of
+        them are dropped (configs written before methods were plug-ins list SoLar's fields as None)."""
         d = dict(d)
+        names = {f.name for f in dataclasses.fields(cls)}
+        method = d.get("method", cls.method)
+        registry = _methods().REGISTRY
+        owner = {key: spec for spec in registry.values() for key in spec.flat_keys()}
+        own, unknown = {}, []
+        for key in [k for k in d if k not in names]:
+            value = d.pop(key)
+            if key not in owner:
+                unknown.append(key)
+            elif owner[key].name == method:
+                own[key] = value
+            elif value is not None and other_methods != "ignore":
+                raise ConfigError(f"{key}={value!r}: applies to method={owner[key].name!r} only")
+        if unknown:
+            known = sorted((names - {"params"}) | set(owner))
+            raise ConfigError(f"unknown config field(s) {sorted(unknown)}; known: {known}")
+        if own:
+            if d.get("params") is not None:
+                raise ConfigError(f"params and the flat parameters {sorted(own)} given together; use one form")
+            spec = registry[method]
+            d["params"] = {k: v for k, v in spec.unflatten(own).items() if v is not None}
         if "faithful" in d and d["faithful"] is not None and not isinstance(d["faithful"], str):
             d["faithful"] = tuple(d["faithful"])
         return cls(**d)
 
+    def hash_dict(self) -> dict[str, Any]:
+        """What `config_hash` hashes: the HASH_V1_KEYS of the flat form (None where absent) and every other key
+        whose value differs from its default."""
+        flat = self.to_dict()
+        out = {k: flat.get(k) for k in HASH_V1_KEYS}
+        defaults = flat_defaults()
+        for k, v in flat.items():
+            if k not in out and (k not in defaults or v != defaults[k]):
+                out[k] = v
+        return out
+
     @functools.cached_property
     def config_hash(self) -> str:
-        """Stable identity of the trial: sha256 of the canonical JSON of every field, 12 hex digits."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """Stable identity of the trial: sha256 of the canonical JSON of `hash_dict()`, 12 hex digits."""
+        blob = json.dumps(self.hash_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def replace(self, **changes: Any) -> TrialConfig:
-        return dataclasses.replace(self, **changes)
+        """A copy with some fields changed (flat parameter names accepted); a new method starts from its own
+        default parameters unless `params` is given."""
+        flat = self.to_dict()
+        if "method" in changes and changes["method"] != self.method:
+            flat = {k: v for k, v in flat.items() if k in {f.name for f in dataclasses.fields(self)}}
+        flat.update(changes)
+        return TrialConfig.from_dict(flat)
 
     def describe(self) -> str:
         """Short human name: 'cifar10 rho=100 q=0.3 CORR+RECORDS+Mixup seed=123'."""
-        name = {"corr": "CORR", "solar": "SoLar"}[self.method]
+        name = self.spec.display
         if self.records:
             name += "+RECORDS"
         if self.oracle_la:
@@ -338,6 +353,50 @@ class TrialConfig:
             name += "+Mixup"
         ds = self.dataset + ("-NU" if self.nu else "")
         return f"{ds} rho={self.rho:g} q={self.q:g} {name} seed={self.seed}"
+
+
+def _as_float(annotation: str, value: Any) -> Any:
+    """An int given for a float field becomes a float, so 100 and 100.0 hash alike."""
+    if "float" in str(annotation) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+_KINDS = {"str": (str,), "bool": (bool,), "int": (int,), "float": (int, float)}
+
+
+def check_field_type(name: str, annotation: str, value: Any) -> None:
+    """Check a value against its field's annotation ('int', 'float | None', ...); floats must be finite."""
+    parts = [p.strip() for p in str(annotation).split("|")]
+    if "None" in parts and value is None:
+        return
+    kinds = tuple(k for p in parts if p in _KINDS for k in _KINDS[p])
+    if not kinds:  # tuple[str, ...] (canonicalised in __post_init__), Any (checked by its owner)
+        return
+    names = " or ".join(p for p in parts if p in _KINDS)
+    if isinstance(value, bool) and bool not in kinds:
+        raise ConfigError(f"{name}={value!r}: expected {names}, got a bool")
+    if not isinstance(value, kinds):
+        raise ConfigError(f"{name}={value!r}: expected {names}, got {type(value).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name}={value!r}: must be finite")
+
+
+def flat_defaults() -> dict[str, Any]:
+    """Default of every flat config key: the fields' and every registered method's parameters'."""
+    out = {f.name: f.default for f in dataclasses.fields(TrialConfig) if f.name != "params"}
+    out["faithful"] = []
+    for spec in _methods().REGISTRY.values():
+        out.update({spec.flat_name(f.name): f.default for f in spec.param_fields()})
+    return out
+
+
+def flat_fields() -> list[tuple[str, str]]:
+    """(flat name, annotation) of every flat config key: the fields, then each registered method's parameters."""
+    out = [(f.name, str(f.type)) for f in dataclasses.fields(TrialConfig) if f.name != "params"]
+    for spec in _methods().REGISTRY.values():
+        out += [(spec.flat_name(f.name), str(f.type)) for f in spec.param_fields()]
+    return out
 
 
 def _default_workers() -> int:

@@ -1,4 +1,5 @@
-"""The per-epoch record of a run: column names, meanings and Arrow types (torch-free, so analysis can import it)."""
+"""The per-epoch record of a run: column names, meanings and Arrow types. The base columns are here; each registered
+method adds its own scalar columns (`MethodSpec.epoch_columns`), after these, in registration order."""
 
 from __future__ import annotations
 
@@ -35,18 +36,20 @@ EPOCH_LISTS = {
 }
 
 
-# SoLar-only columns (null for the CORR family).
-SOLAR_SCALARS = {
-    "sinkhorn_row_residual": "max |row sum - 1| of the last Sinkhorn plan of the epoch",
-    "sinkhorn_col_residual": "max |column sum - n r_k| / n of the last Sinkhorn plan of the epoch",
-    "reliable_frac": "share of the epoch's samples selected as reliable",
-}
+def method_columns() -> dict[str, str]:
+    """The registered methods' extra per-epoch columns (null for the other methods' runs)."""
+    from .methods import REGISTRY
 
-EPOCH_ROW_SCHEMA = pa.schema(
-    [pa.field("config_hash", pa.string(), nullable=False), pa.field("stage", pa.string(), nullable=False)]
-    + [pa.field(name, pa.int64() if name == "epoch" else pa.float64()) for name in EPOCH_SCALARS]
-    + [pa.field(name, pa.list_(pa.float64())) for name in EPOCH_LISTS]
-    + [pa.field(name, pa.float64()) for name in SOLAR_SCALARS]
-)
+    out: dict[str, str] = {}
+    for spec in REGISTRY.values():
+        out.update(spec.epoch_columns)
+    return out
 
 
+def epoch_row_schema() -> pa.Schema:
+    return pa.schema(
+        [pa.field("config_hash", pa.string(), nullable=False), pa.field("stage", pa.string(), nullable=False)]
+        + [pa.field(name, pa.int64() if name == "epoch" else pa.float64()) for name in EPOCH_SCALARS]
+        + [pa.field(name, pa.list_(pa.float64())) for name in EPOCH_LISTS]
+        + [pa.field(name, pa.float64()) for name in method_columns() if name not in EPOCH_SCALARS]
+    )

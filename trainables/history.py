@@ -9,13 +9,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .checkpoint import atomic_write_bytes
-from .epoch_schema import EPOCH_ROW_SCHEMA
+from .epoch_schema import epoch_row_schema
 
 
 def epochs_table(rows: list[dict]) -> pa.Table:
     """Rows (dicts with the schema's keys; missing keys become null) -> a typed Arrow table."""
-    columns = {f.name: [row.get(f.name) for row in rows] for f in EPOCH_ROW_SCHEMA}
-    return pa.Table.from_pydict(columns, schema=EPOCH_ROW_SCHEMA)
+    schema = epoch_row_schema()
+    columns = {f.name: [row.get(f.name) for row in rows] for f in schema}
+    return pa.Table.from_pydict(columns, schema=schema)
 
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:

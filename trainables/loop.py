@@ -56,10 +56,11 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def build_optimizer(cfg: TrialConfig, model: torch.nn.Module):
+def build_optimizer(cfg: TrialConfig, model: torch.nn.Module, extra_params=()):
     """SGD (momentum 0.9, no Nesterov, weight decay on every parameter) and the per-epoch cosine schedule (§8.1):
-    lr_e = eta_min + (lr - eta_min)(1 + cos(pi e / E)) / 2 with eta_min = lr * lr_min_ratio."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+    lr_e = eta_min + (lr - eta_min)(1 + cos(pi e / E)) / 2 with eta_min = lr * lr_min_ratio. `extra_params`: the
+    method's own trainable modules' parameters (PLLMethod.extra_parameters), in the same group."""
+    optimizer = torch.optim.SGD([*model.parameters(), *extra_params], lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs,
                                                            eta_min=cfg.lr * cfg.lr_min_ratio)
@@ -125,6 +126,7 @@ def train_steps(model: ModelHandle, method, optimizer, batches, norm, device: to
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        method.after_step(model, epoch, step)
         for name, value in logs.items():
             sums[name] = sums[name] + value.double() if name in sums else value.double()
     if device.type == "cuda":
@@ -190,7 +192,7 @@ def fit(cfg: TrialConfig, options: RunOptions, on_epoch: Callable[[dict, Path | 
 
         net = create_model(cfg.arch, k, seed=cfg.seed + stage_names.index(stage), device=device,
                            precision=cfg.precision)
-        optimizer, scheduler = build_optimizer(cfg, net)
+        optimizer, scheduler = build_optimizer(cfg, net, list(method.extra_parameters(net)))
         fresh = not (resume is not None and start_epoch > 0)
         if not fresh:
             net.load_state_dict(resume["model"])

@@ -12,7 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-from .config import FAITHFUL_QUIRKS, ConfigError, RunOptions, TrialConfig, field_docs
+from .config import FAITHFUL_QUIRKS, ORACLE_LA_MODES, ConfigError, RunOptions, TrialConfig, field_docs
+from .methods import REGISTRY
 
 # CLI flag -> TrialConfig field, for the flags whose names differ from the field names.
 _RENAMED = {"wd": "weight_decay", "m": "prior_momentum"}
@@ -32,20 +33,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--test-per-class", type=int, default=None, help=docs["test_per_class"])
     g.add_argument("--data-seed", type=int, default=d.data_seed, help=docs["data_seed"])
     g = p.add_argument_group("method")
-    g.add_argument("--method", choices=["corr", "solar"], default=d.method, help=docs["method"])
+    g.add_argument("--method", choices=list(REGISTRY), default=d.method,
+                   help="; ".join(f"{spec.name}: {spec.doc or spec.display}" for spec in REGISTRY.values()))
     g.add_argument("--records", action="store_true", help=docs["records"])
     g.add_argument("--mixup", action="store_true", help=docs["mixup"])
-    g.add_argument("--oracle-la", choices=["disamb", "loss", "posthoc"], default=None, help=docs["oracle_la"])
+    g.add_argument("--oracle-la", choices=list(ORACLE_LA_MODES), default=None, help=docs["oracle_la"])
     g.add_argument("--m", type=float, default=d.prior_momentum, help=docs["prior_momentum"])
     g.add_argument("--mixup-weight", type=float, default=d.mixup_weight, help=docs["mixup_weight"])
     g.add_argument("--mixup-beta", type=float, default=d.mixup_beta, help=docs["mixup_beta"])
     g.add_argument("--upd-start", type=int, default=d.upd_start, help=docs["upd_start"])
-    g = p.add_argument_group("SoLar (--method solar)")
-    g.add_argument("--est-epochs", type=int, default=None, help=docs["est_epochs"])
-    for name, kind in (("solar_rho_start", float), ("solar_rho_end", float), ("solar_gamma1", float),
-                       ("solar_gamma2", float), ("solar_lamd", float), ("solar_eta", float), ("solar_tau", float),
-                       ("solar_warmup", int), ("solar_queue_batches", int)):
-        g.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=docs[name])
+    for spec in REGISTRY.values():  # each method's own parameters, under their flat names; unset = its default
+        if spec.params is None:
+            continue
+        g = p.add_argument_group(f"{spec.display} (--method {spec.name})")
+        param_docs = field_docs(spec.params)
+        for f in spec.param_fields():
+            g.add_argument("--" + spec.flat_name(f.name).replace("_", "-"), type=_arg_type(str(f.type)), default=None,
+                           help=param_docs.get(f.name, ""))
     g = p.add_argument_group("model and optimisation")
     g.add_argument("--arch", choices=["resnet18", "small-cnn"], default=d.arch, help=docs["arch"])
     g.add_argument("--epochs", type=int, default=d.epochs, help=docs["epochs"])
@@ -75,14 +79,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _arg_type(annotation: str):
+    kinds = [k for k in (p.strip() for p in annotation.split("|")) if k != "None"]
+    return {"int": int, "float": float, "bool": lambda t: t.lower() in ("1", "true", "yes")}.get(kinds[0], str)
+
+
 def config_from_args(args: argparse.Namespace) -> TrialConfig:
-    fields = {f for f in TrialConfig.__dataclass_fields__}
+    keys = {f for f in TrialConfig.__dataclass_fields__} - {"params"}
+    keys |= {key for spec in REGISTRY.values() for key in spec.flat_keys()}
     values = {}
     for key, value in vars(args).items():
         name = _RENAMED.get(key, key)
-        if name in fields:
+        if name in keys:
             values[name] = value
-    return TrialConfig(**values)
+    return TrialConfig.from_dict(values)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,24 +1,38 @@
-"""PLL methods behind one interface; a new method is one file plus one line in `METHODS`.
-
-A method object holds its state (confidences W, priors, queues), and offers:
-  train_step(model, x_weak, x_strong, idx, epoch, step) -> (loss, logs)   one mini-batch, forward included
-  adjust_test_logits(logits, classifier) -> logits                       the method's test-time prediction
-  prior_estimate(classifier) -> tensor | None                            its current class-prior estimate
-  state_dict() / load_state_dict(state)                                  for checkpoints
-and, for multi-stage methods, stages(), enter_stage(stage, fresh) and end_epoch(stage, epoch, predict_train)
-(see methods/base.py).
+"""The method registry: every PLL method is one module that ends with `register(MethodSpec(...))` (see base.py and
+docs/methods.md). The built-in methods are imported here; more can be loaded without touching the package by naming
+importable modules in the environment variable RECORDS_SWEEP_METHODS (comma-separated): Ray workers and
+subprocesses inherit it, so a sweep runs such a method end to end.
 """
 
 from __future__ import annotations
 
-from .corr import CorrFamily
-from .solar import SoLar
+import importlib
+import os
 
-METHODS = {"corr": CorrFamily, "solar": SoLar}
+from . import corr, solar  # noqa: F401,E402  (each registers itself)
+from .base import REGISTRY, SWITCHES, MethodSpec, PLLMethod, register, unregister
+
+PLUGIN_ENV = "RECORDS_SWEEP_METHODS"
 
 
-def create_method(cfg, candidates, class_counts, device, comm=None):
+def load_plugins() -> None:
+    for name in filter(None, (s.strip() for s in os.environ.get(PLUGIN_ENV, "").split(","))):
+        importlib.import_module(name)
+
+
+load_plugins()
+
+
+def get_spec(name: str) -> MethodSpec:
+    if name not in REGISTRY:
+        raise KeyError(name)
+    return REGISTRY[name]
+
+
+def create_method(cfg, candidates, class_counts, device, comm=None) -> PLLMethod:
     """The method object for `cfg.method`, initialised from the training set's candidate matrix."""
-    if cfg.method not in METHODS:
-        raise ValueError(f"method={cfg.method!r} is not implemented; available: {sorted(METHODS)}")
-    return METHODS[cfg.method](cfg, candidates, class_counts, device, comm)
+    return get_spec(cfg.method).impl(cfg, candidates, class_counts, device, comm)
+
+
+__all__ = ["REGISTRY", "SWITCHES", "MethodSpec", "PLLMethod", "create_method", "get_spec", "load_plugins",
+           "register", "unregister"]

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from ..comm import Comm
-from ..config import TrialConfig
-from .base import PLLMethod
+from ..config import ORACLE_LA_MODES, TrialConfig
+from .base import MethodSpec, PLLMethod, register, two_view_cost
 from .mixup import draw_mixup, mix
 from .records import EPS, estimate_class_prior, log_prior, update_feature_mean
 
@@ -198,3 +198,24 @@ class CorrFamily(PLLMethod):
         device = self.candidates.device
         self.confidences = state["confidences"].to(device)
         self.mu = None if state["mu"] is None else state["mu"].to(device)
+
+
+def corr_cost(cfg: TrialConfig, n_train: int, per_epoch: int, n_test: int) -> tuple[float, float]:
+    """Two views every epoch, and their two mixes in the epochs where mixup is on."""
+    fwd_bwd, fwd_only = two_view_cost(cfg, n_train, per_epoch, n_test)
+    if cfg.mixup:
+        mixed = cfg.epochs - (0 if cfg.is_faithful("mixup_epoch0") else min(cfg.upd_start, cfg.epochs))
+        fwd_bwd += per_epoch * 2 * mixed
+    return fwd_bwd, fwd_only
+
+
+SPEC = register(MethodSpec(
+    name="corr", display="CORR", impl=CorrFamily, doc="CORR and its RECORDS, Mixup and Oracle-LA variants",
+    switches=frozenset({"records", "mixup", "oracle_la"}), oracle_la_modes=ORACLE_LA_MODES,
+    variants={
+        "corr": {}, "corr+mixup": {"mixup": True}, "records": {"records": True},
+        "records+mixup": {"records": True, "mixup": True}, "oracle-la": {"oracle_la": "disamb"},
+        "oracle-la-loss": {"oracle_la": "loss"}, "oracle-la-posthoc": {"oracle_la": "posthoc"},
+    },
+    cost=corr_cost,
+))

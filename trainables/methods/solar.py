@@ -8,6 +8,7 @@ candidate-masked argmax over the whole training set, and a first stage (a separa
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 
 from ..comm import Comm
 from ..config import TrialConfig
-from .base import PLLMethod
+from .base import MethodSpec, PLLMethod, register
 from .corr import initial_confidences
 from .mixup import draw_mixup, mix
 
@@ -24,6 +25,41 @@ SINKHORN_TOL = 1e-6  # the fix: stop once the column marginals are met this clos
 SINKHORN_CHECK_EVERY = 10
 ZERO_FILL = 1e-5  # the reference's retry value for entries that are exactly zero
 _ESTIMATE_STAGE_KEY = 1_000_000  # keeps stage A's mixup draws apart from stage B's at the same epoch and step
+
+
+@dataclasses.dataclass(frozen=True)
+class SolarParams:
+    """SoLar's hyper-parameters; None = the dataset's value (DATASET_DEFAULTS, then COMMON_DEFAULTS), filled in
+    before the config is hashed. Flat names: solar_<field>, but est_epochs."""
+
+    est_epochs: int | None = None
+    """SoLar stage A: epochs of the prior pre-estimation run (100 on CIFAR-10, 20 on CIFAR-100)."""
+    rho_start: float | None = None
+    """SoLar: share of each class's quota selected as reliable at epoch 0 (0.2)."""
+    rho_end: float | None = None
+    """SoLar: that share after the 50-epoch ramp (0.6 on CIFAR-10, 0.5 on CIFAR-100)."""
+    gamma1: float | None = None
+    """SoLar: moving-average rate of the class prior r in stage A (0.1 on CIFAR-10, 0.05 on CIFAR-100)."""
+    gamma2: float | None = None
+    """SoLar: moving-average rate of r in stage B (0.01)."""
+    lamd: float | None = None
+    """SoLar: Sinkhorn exponent lambda on the masked predictions (3)."""
+    eta: float | None = None
+    """SoLar: final weight of the reliable-set losses (0.9)."""
+    tau: float | None = None
+    """SoLar: high-confidence threshold that also marks a sample reliable (0.99)."""
+    warmup: int | None = None
+    """SoLar: epochs of the eta and rho ramps (50)."""
+    queue_batches: int | None = None
+    """SoLar: length of the prediction queue, in batches (64 -> 16,384 rows at batch 256)."""
+
+
+# The reference's per-dataset values (docs/methods.md, SoLar).
+DATASET_DEFAULTS = {
+    "cifar10": dict(est_epochs=100, rho_start=0.2, rho_end=0.6, gamma1=0.1, gamma2=0.01),
+    "cifar100": dict(est_epochs=20, rho_start=0.2, rho_end=0.5, gamma1=0.05, gamma2=0.01),
+}
+COMMON_DEFAULTS = dict(lamd=3.0, eta=0.9, tau=0.99, warmup=50, queue_batches=64)
 
 
 @torch.no_grad()
@@ -114,20 +150,20 @@ class SoLar(PLLMethod):
                  comm: Comm | None = None):
         self.cfg = cfg
         self.comm = comm or Comm()
-        self.hp = cfg.solar_resolved()
+        self.hp = cfg.params
         self.candidates = candidates.to(device=device, dtype=torch.bool)
         k = self.candidates.shape[1]
         self.num_classes = k
         self.confidences = initial_confidences(self.candidates)
         self.prior = torch.full((k,), 1.0 / k, device=device)
-        self.queue = torch.zeros(self.hp["solar_queue_batches"] * cfg.batch_size, k, device=device)
+        self.queue = torch.zeros(self.hp.queue_batches * cfg.batch_size, k, device=device)
         self.queue_rows = 0  # rows pushed so far (host-side, so checking "full" needs no device read)
-        self.stage = "estimate" if self.hp["est_epochs"] > 0 else "train"
+        self.stage = "estimate" if self.hp.est_epochs > 0 else "train"
         self._stats = self._new_stats()
 
     # -- stages and epochs ---------------------------------------------------------------------------------------
     def stages(self) -> list[tuple[str, int]]:
-        est = self.hp["est_epochs"]
+        est = self.hp.est_epochs
         return ([("estimate", est)] if est > 0 else []) + [("train", self.cfg.epochs)]
 
     def enter_stage(self, stage: str, fresh: bool) -> None:
@@ -140,7 +176,7 @@ class SoLar(PLLMethod):
                 self.prior.fill_(1.0 / self.num_classes)
 
     def _ramp(self, epoch: int) -> float:
-        return min(epoch / self.hp["solar_warmup"], 1.0)
+        return min(epoch / self.hp.warmup, 1.0)
 
     def _new_stats(self) -> dict[str, torch.Tensor]:
         dev = self.candidates.device
@@ -154,7 +190,7 @@ class SoLar(PLLMethod):
         pred = (torch.softmax(logits.float(), dim=1) * self.candidates[indices]).argmax(dim=1)
         counts = self.comm.all_reduce_sum(torch.bincount(pred, minlength=self.num_classes).float())
         r_emp = counts / counts.sum()
-        gamma = self.hp["solar_gamma1"] if stage == "estimate" else self.hp["solar_gamma2"]
+        gamma = self.hp.gamma1 if stage == "estimate" else self.hp.gamma2
         self.prior = gamma * r_emp + (1.0 - gamma) * self.prior
         s = self._stats
         out = {"sinkhorn_row_residual": float(s["row"]), "sinkhorn_col_residual": float(s["col"]),
@@ -187,7 +223,7 @@ class SoLar(PLLMethod):
                 g = batch_all.shape[0]
                 self.queue = torch.cat([batch_all, self.queue[:-g]]) if g < q_len else batch_all[-q_len:].clone()
                 self.queue_rows += g
-            plan, residuals = sinkhorn(stacked, self.prior, hp["solar_lamd"],
+            plan, residuals = sinkhorn(stacked, self.prior, hp.lamd,
                                        faithful=self.cfg.is_faithful("sinkhorn"))
             start = stacked.shape[0] - batch_all.shape[0] + comm.rank * b
             soft = plan[start:start + b].float()
@@ -204,10 +240,10 @@ class SoLar(PLLMethod):
             reliable = torch.zeros(b, dtype=torch.bool, device=z_w.device)
         else:
             ramp = self._ramp(epoch)
-            eta = hp["solar_eta"] * ramp
-            share = hp["solar_rho_start"] + (hp["solar_rho_end"] - hp["solar_rho_start"]) * ramp
+            eta = hp.eta * ramp
+            share = hp.rho_start + (hp.rho_end - hp.rho_start) * ramp
             agreement = (soft * log_p.detach().exp()).sum(dim=1)
-            reliable = select_reliable(ot_loss.detach(), pseudo, agreement, self.prior, share, b, hp["solar_tau"])
+            reliable = select_reliable(ot_loss.detach(), pseudo, agreement, self.prior, share, b, hp.tau)
             n_rel = int(reliable.sum())  # data-dependent shapes below: one host read per step is inherent here
             if n_rel == 0:
                 loss, cons, mix_loss = rn_loss.mean(), zero, zero
@@ -245,3 +281,45 @@ class SoLar(PLLMethod):
         self.queue = state["queue"].to(device)
         self.queue_rows = state["queue_rows"]
         self.stage = state["stage"]
+
+
+def _resolve(cfg: TrialConfig, params: SolarParams) -> SolarParams:
+    base = {**DATASET_DEFAULTS[cfg.dataset], **COMMON_DEFAULTS}
+    return dataclasses.replace(params, **{k: v for k, v in base.items() if getattr(params, k) is None})
+
+
+def _validate(cfg: TrialConfig) -> None:
+    from ..config import ConfigError
+
+    p = cfg.params
+    if p.est_epochs < 0:
+        raise ConfigError(f"est_epochs={p.est_epochs!r}: must be >= 0")
+    for name in ("rho_start", "rho_end", "gamma1", "gamma2", "eta", "tau"):
+        if not 0.0 <= getattr(p, name) <= 1.0:
+            raise ConfigError(f"solar_{name}={getattr(p, name)!r}: must lie in [0, 1]")
+    if p.lamd <= 0:
+        raise ConfigError(f"solar_lamd={p.lamd!r}: must be > 0")
+    if p.warmup < 1:
+        raise ConfigError(f"solar_warmup={p.warmup!r}: must be >= 1")
+    if p.queue_batches < 0:
+        raise ConfigError(f"solar_queue_batches={p.queue_batches!r}: must be >= 0")
+
+
+def solar_cost(cfg: TrialConfig, n_train: int, per_epoch: int, n_test: int) -> tuple[float, float]:
+    """Both stages: two views plus mixup on the reliable subset (~0.6 of the batch), and the per-epoch pass over
+    the training set besides the test set (METHOD.md §12.1)."""
+    epochs = cfg.epochs + cfg.params.est_epochs
+    return per_epoch * 2.6 * epochs, (n_train + n_test) * epochs
+
+
+SPEC = register(MethodSpec(
+    name="solar", display="SoLar", impl=SoLar, doc="SoLar: optimal-transport pseudo-labels, two stages",
+    params=SolarParams, param_prefix="solar_", flat_names={"est_epochs": "est_epochs"}, own_mixup=True,
+    variants={"solar": {}},
+    epoch_columns={
+        "sinkhorn_row_residual": "max |row sum - 1| of the last Sinkhorn plan of the epoch",
+        "sinkhorn_col_residual": "max |column sum - n r_k| / n of the last Sinkhorn plan of the epoch",
+        "reliable_frac": "share of the epoch's samples selected as reliable",
+    },
+    validate=_validate, resolve=_resolve, cost=solar_cost, extra_epochs=lambda cfg: cfg.params.est_epochs,
+))
