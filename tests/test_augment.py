@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ import torchvision.transforms as T
 from PIL import Image, ImageDraw
 
 from trainables.data import augment as A
+from trainables.data import plan as P
 
 
 def _random_images(n: int, seed: int = 0) -> np.ndarray:
@@ -80,9 +83,21 @@ def test_normalize_rejects_float_input():
 # ------------------------------------------------------------------------------------------ seeding, determinism
 
 
-def test_sample_rng_is_seed_sequence_of_the_triple():
-    assert np.array_equal(A.sample_rng(7, 2, 5).random(4), np.random.default_rng([7, 2, 5]).random(4))
-    assert not np.array_equal(A.sample_rng(7, 2, 5).random(4), A.sample_rng(7, 5, 2).random(4))
+def test_plan_rows_depend_only_on_seed_epoch_and_index():
+    batch = P.draw_plan(7, 2, torch.tensor([5, 9, 0, 5]))
+    alone = P.draw_plan(7, torch.tensor([2]), torch.tensor([9]))
+    assert A.plan_rows(batch)[1] == A.plan_rows(alone)[0]
+    assert A.plan_rows(batch)[0] == A.plan_rows(batch)[3]
+    assert A.plan_rows(batch)[0] != A.plan_rows(P.draw_plan(7, 5, torch.tensor([2])))[0]
+    assert A.plan_rows(batch)[0] != A.plan_rows(P.draw_plan(8, 2, torch.tensor([5])))[0]
+
+
+def test_splitmix64_matches_the_reference_sequence():
+    # SplitMix64 seeded with 0: the first outputs of Vigna's reference generator (state advanced by the golden
+    # ratio before each output).
+    state = torch.tensor([0, P._GOLDEN], dtype=torch.int64)
+    out = [v & ((1 << 64) - 1) for v in P.splitmix64(state).tolist()]
+    assert out == [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4]
 
 
 def test_dataset_item_shapes_and_dtypes():
@@ -155,42 +170,51 @@ def test_dataloader_batches_do_not_depend_on_worker_count():
 
 
 def test_random_resized_crop_box_stays_inside_and_respects_scale_and_ratio():
-    rng = np.random.default_rng(0)
-    for _ in range(500):
-        top, left, height, width = A._random_resized_crop_box(32, 32, rng)
-        assert 0 <= top and top + height <= 32 and 0 <= left and left + width <= 32
+    p = P.draw_plan(0, 0, torch.arange(2000))
+    for boxes in (p.weak_box, p.strong_box):
+        top, left, height, width = boxes.T
+        assert ((top >= 0) & (top + height <= 32) & (left >= 0) & (left + width <= 32)).all()
         # Rounding w and h to integers widens the bounds a little on 32x32.
-        assert 0.2 * 1024 * 0.85 <= height * width <= 1024
-        assert 0.75 * 0.85 <= width / height <= 4 / 3 / 0.85
+        area, ratio = (height * width).double(), width.double() / height
+        assert ((area >= 0.2 * 1024 * 0.85) & (area <= 1024)).all()
+        assert ((ratio >= 0.75 * 0.85) & (ratio <= 4 / 3 / 0.85)).all()
+        assert (area < 0.3 * 1024).any() and (area == 1024).any()
 
 
-def test_random_resized_crop_falls_back_to_the_central_crop_like_torchvision():
-    # On a 100x10 image every try needs h > 10, so all 10 tries fail; torchvision then returns this crop.
-    assert A._random_resized_crop_box(100, 10, np.random.default_rng(0)) == (0, 43, 10, 13)
-    assert A._random_resized_crop_box(10, 100, np.random.default_rng(0)) == (43, 0, 13, 10)
+def test_random_resized_crop_falls_back_to_the_whole_image_like_torchvision():
+    # scale 1 and ratio 4/3 on every try: w = round(sqrt(1024 * 4/3)) = 37 > 32, so all 10 tries fail and
+    # torchvision returns the largest central box with a ratio in range, the whole square.
+    u = torch.full((1, 2 * P.CROP_TRIES + 2), 1.0 - 2.0 ** -53, dtype=torch.float64)
+    assert P._resized_crop_boxes(u).tolist() == [[0, 0, 32, 32]]
+    u[0, 2:4] = 0.5  # the second try fits
+    top, left, height, width = P._resized_crop_boxes(u)[0].tolist()
+    assert (height, width) == (round(math.sqrt(1024 * 0.6)), round(math.sqrt(1024 * 0.6))) == (25, 25)
+    assert (top, left) == (7, 7)  # floor((1 - 2^-53) * 8)
 
 
 def test_weak_view_flips_about_half_the_time():
     # A left-to-right gray ramp: jitter keeps gray gray and the ramp increasing, so only a flip reverses it.
     ramp = np.repeat(np.repeat((np.arange(32, dtype=np.uint8) * 8)[None, :, None], 32, axis=0), 3, axis=2)
     img = Image.fromarray(ramp)
+    rows = A.plan_rows(P.draw_plan(1, 0, torch.arange(400)))
     flips = 0
-    draws = 400
-    for k in range(draws):
-        view = np.asarray(A.weak_view(img, np.random.default_rng([1, k])), dtype=np.float64)
-        flips += view[:, :8].mean() > view[:, -8:].mean()
-    assert 0.4 <= flips / draws <= 0.6
+    for row in rows:
+        view = np.asarray(A.weak_view(img, row), dtype=np.float64)
+        flipped = view[:, :8].mean() > view[:, -8:].mean()
+        assert flipped == row.weak_flip
+        flips += flipped
+    assert 0.4 <= flips / len(rows) <= 0.6
 
 
 def test_weak_view_grayscale_about_a_fifth_of_the_time():
     img = Image.fromarray(_random_images(1, seed=9)[0])
+    rows = A.plan_rows(P.draw_plan(2, 0, torch.arange(400)))
     gray = 0
-    draws = 400
-    for k in range(draws):
-        view = np.asarray(A.weak_view(img, np.random.default_rng([2, k])))
+    for row in rows:
+        view = np.asarray(A.weak_view(img, row))
         assert view.shape == (32, 32, 3)
         gray += bool((view[..., 0] == view[..., 1]).all() and (view[..., 1] == view[..., 2]).all())
-    assert 0.12 <= gray / draws <= 0.28
+    assert 0.12 <= gray / len(rows) <= 0.28
 
 
 # ------------------------------------------------------------------------------------------------- RandAugment
@@ -220,7 +244,7 @@ def test_randaugment_table_is_the_specified_fourteen_ops():
     for op in A.RANDAUGMENT_OPS:
         if op.name in SPEC_RANGES:
             assert (op.low, op.high) == SPEC_RANGES[op.name]
-    assert A.NUM_RANDAUGMENT_OPS == 3
+    assert P.NUM_RANDAUGMENT_OPS == 3
 
 
 @pytest.mark.parametrize("op", A.RANDAUGMENT_OPS, ids=lambda op: op.name)
@@ -255,32 +279,16 @@ def test_randaugment_ops_do_what_their_names_say():
         assert not (posterized & ((1 << dropped_bits) - 1)).any()
 
 
-def test_rand_augment_draws_three_ops_with_replacement_and_magnitudes_in_range(monkeypatch):
-    calls: list[list[tuple[int, float]]] = [[]]
-
-    def recorder(op_index):
-        def apply(img, magnitude):
-            calls[-1].append((op_index, magnitude))
-            return img
-
-        return apply
-
-    recording = tuple(op._replace(apply=recorder(i)) for i, op in enumerate(A.RANDAUGMENT_OPS))
-    monkeypatch.setattr(A, "RANDAUGMENT_OPS", recording)
-    img = Image.new("RGB", (32, 32))
-    rng = np.random.default_rng(0)
-    for _ in range(300):
-        A._rand_augment(img, rng)
-        calls.append([])
-    calls.pop()
-    assert all(len(call) == 3 for call in calls)
-    assert {index for call in calls for index, _ in call} == set(range(14))
-    assert any(len({index for index, _ in call}) < 3 for call in calls), "ops are drawn with replacement"
-    for call in calls:
-        for index, magnitude in call:
-            assert recording[index].low <= magnitude < recording[index].high
-    posterize = next(i for i, op in enumerate(recording) if op.name == "Posterize")
-    assert {int(m) for call in calls for index, m in call if index == posterize} == {4, 5, 6, 7}
+def test_plan_draws_three_ops_with_replacement_and_magnitudes_in_range():
+    p = P.draw_plan(0, 0, torch.arange(300))
+    assert p.ops.shape == p.magnitudes.shape == (300, 3)
+    assert set(p.ops.flatten().tolist()) == set(range(14))
+    assert any(len(set(row)) < 3 for row in p.ops.tolist()), "ops are drawn with replacement"
+    for index, magnitude in zip(p.ops.flatten().tolist(), p.magnitudes.flatten().tolist()):
+        assert A.RANDAUGMENT_OPS[index].low <= magnitude < A.RANDAUGMENT_OPS[index].high
+    posterize = [m for i, m in zip(p.ops.flatten().tolist(), p.magnitudes.flatten().tolist())
+                 if A.RANDAUGMENT_OPS[i].name == "Posterize"]
+    assert {int(m) for m in posterize} == {4, 5, 6, 7}
 
 
 # ------------------------------------------------------------------------------------------------------- Cutout
@@ -290,47 +298,52 @@ def _constant_image() -> Image.Image:
     return Image.new("RGB", (32, 32), (10, 200, 40))
 
 
+def _cutout_draws(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(side, u_x, u_y): Cutout's three draws, side already scaled to pixels."""
+    u = torch.from_numpy(np.random.default_rng(seed).random((3, n)))
+    return u[0] * 0.5 * 32, u[1], u[2]
+
+
+def _boxes(side, ux, uy, faithful):
+    return P.cutout_boxes(side, P.cutout_centre(ux, faithful), P.cutout_centre(uy, faithful), faithful).tolist()
+
+
 @pytest.mark.parametrize("faithful", [False, True])
 def test_cutout_fills_one_rectangle_with_the_fill_colour(faithful):
     img = _constant_image()
     before = np.asarray(img).copy()
-    for k in range(200):
-        after = np.asarray(A._cutout(img, np.random.default_rng([3, k]), faithful))
-        box = _filled_box(before, after)
-        if box is not None:
-            x0, y0, x1, y1 = box
+    for box in P.draw_plan(3, 0, torch.arange(200), faithful_cutout=faithful).cutout.tolist():
+        after = np.asarray(A._cutout(img, box))
+        found = _filled_box(before, after)
+        assert found == (tuple(box) if box[2] > box[0] else None)
+        if found is not None:
+            x0, y0, x1, y1 = found
             assert (after[y0:y1, x0:x1] == A.CUTOUT_FILL).all()
     assert np.array_equal(np.asarray(img), before), "the input image must not be modified"
 
 
 def test_cutout_fix_mode_box_has_side_floor_of_l_clipped_at_the_far_border():
-    img = _constant_image()
-    before = np.asarray(img)
+    side, ux, uy = _cutout_draws(400, 4)
+    side[:5] = torch.tensor([0.0, 0.5, 0.999, 15.999, 1.0])  # boxes of side int(L) = 0 are empty
     clipped = unclipped = 0
-    for k in range(400):
-        side = np.random.default_rng([4, k]).random() * 0.5 * 32  # Cutout's first draw is its side
-        box = _filled_box(before, np.asarray(A._cutout(img, np.random.default_rng([4, k]), faithful=False)))
-        if int(side) == 0:
-            assert box is None
+    for length, (x0, y0, x1, y1) in zip(side.tolist(), _boxes(side, ux, uy, faithful=False)):
+        if int(length) == 0:
+            assert x1 == x0 and y1 == y0
             continue
-        x0, y0, x1, y1 = box
         assert 0 <= x0 < x1 <= 32 and 0 <= y0 < y1 <= 32
-        assert x1 - x0 == min(int(side), 32 - x0) and y1 - y0 == min(int(side), 32 - y0)
-        clipped += x0 + int(side) > 32
-        unclipped += x1 - x0 == int(side)
+        assert x1 - x0 == min(int(length), 32 - x0) and y1 - y0 == min(int(length), 32 - y0)
+        clipped += x0 + int(length) > 32
+        unclipped += x1 - x0 == int(length)
     assert clipped > 0 and unclipped > 0
 
 
 def test_cutout_faithful_mode_box_is_end_inclusive():
-    img = _constant_image()
-    before = np.asarray(img)
+    side, ux, uy = _cutout_draws(400, 5)
     inclusive = 0
-    for k in range(400):
-        side = np.random.default_rng([5, k]).random() * 0.5 * 32
-        x0, y0, x1, y1 = _filled_box(before, np.asarray(A._cutout(img, np.random.default_rng([5, k]), faithful=True)))
+    for length, (x0, y0, x1, y1) in zip(side.tolist(), _boxes(side, ux, uy, faithful=True)):
         for corner, end in ((x0, x1), (y0, y1)):
-            if corner + side < 32:
-                assert end - corner == int(side) + 1
+            if corner + length < 32:
+                assert end - corner == int(length) + 1
                 inclusive += 1
             else:
                 assert end == 32
@@ -339,24 +352,21 @@ def test_cutout_faithful_mode_box_is_end_inclusive():
 
 def test_cutout_faithful_mode_matches_the_reference_procedure():
     """A literal transcription of the reference's CutoutAbs, fed the same draws."""
-    pixels = _random_images(1, seed=8)[0]
-    img = Image.fromarray(pixels)
-    for k in range(200):
-        draws = np.random.default_rng([6, k])
-        side = draws.random() * 0.5 * 32
-        x = 32.0 + (1.0 - 32.0) * draws.random()  # np.random.uniform(32): low=32, high=1
-        y = 32.0 + (1.0 - 32.0) * draws.random()
-        x0, y0 = int(max(0, x - side / 2.0)), int(max(0, y - side / 2.0))
+    img = Image.fromarray(_random_images(1, seed=8)[0])
+    side, ux, uy = _cutout_draws(200, 6)
+    for k, box in enumerate(_boxes(side, ux, uy, faithful=True)):
+        length = float(side[k])
+        x = 32.0 + (1.0 - 32.0) * float(ux[k])  # np.random.uniform(32): low=32, high=1
+        y = 32.0 + (1.0 - 32.0) * float(uy[k])
+        x0, y0 = int(max(0, x - length / 2.0)), int(max(0, y - length / 2.0))
         expected = img.copy()
-        ImageDraw.Draw(expected).rectangle((x0, y0, min(32, x0 + side), min(32, y0 + side)), A.CUTOUT_FILL)
-        actual = A._cutout(img, np.random.default_rng([6, k]), faithful=True)
-        assert np.array_equal(np.asarray(actual), np.asarray(expected))
+        ImageDraw.Draw(expected).rectangle((x0, y0, min(32, x0 + length), min(32, y0 + length)), A.CUTOUT_FILL)
+        assert np.array_equal(np.asarray(A._cutout(img, box)), np.asarray(expected))
 
 
 @pytest.mark.parametrize("faithful", [False, True])
 def test_cutout_centre_ranges(faithful):
-    rng = np.random.default_rng(0)
-    centres = np.array([A._cutout_centre(rng, faithful) for _ in range(2000)])
+    centres = P.cutout_centre(torch.from_numpy(np.random.default_rng(0).random(2000)), faithful)
     if faithful:
         assert centres.min() > 1.0 and centres.max() <= 32.0 and centres.min() < 1.1
     else:
@@ -365,12 +375,10 @@ def test_cutout_centre_ranges(faithful):
 
 
 def test_cutout_box_fix_mode_is_inside_the_image():
-    rng = np.random.default_rng(1)
-    for _ in range(2000):
-        side, cx, cy = rng.uniform(0, 16), rng.uniform(0, 32), rng.uniform(0, 32)
-        x0, y0, x1, y1 = A._cutout_box(side, cx, cy, faithful=False)
+    side, ux, uy = _cutout_draws(2000, 1)
+    for length, (x0, y0, x1, y1) in zip(side.tolist(), _boxes(side, ux, uy, faithful=False)):
         assert 0 <= x0 <= x1 <= 32 and 0 <= y0 <= y1 <= 32
-        assert x1 - x0 == min(int(side), 32 - x0) and y1 - y0 == min(int(side), 32 - y0)
+        assert x1 - x0 == min(int(length), 32 - x0) and y1 - y0 == min(int(length), 32 - y0)
 
 
 # -------------------------------------------------------------------------------------------------- strong view
@@ -380,8 +388,8 @@ def test_cutout_box_fix_mode_is_inside_the_image():
 def test_strong_view_is_a_32x32_rgb_image_with_cutout_fill(faithful):
     img = Image.fromarray(_random_images(1, seed=2)[0])
     has_fill = 0
-    for k in range(50):
-        out = A.strong_view(img, np.random.default_rng([7, k]), faithful_cutout=faithful)
+    for row in A.plan_rows(P.draw_plan(7, 0, torch.arange(50), faithful_cutout=faithful)):
+        out = A.strong_view(img, row)
         assert out.mode == "RGB" and out.size == (32, 32)
         has_fill += bool((np.asarray(out) == A.CUTOUT_FILL).all(axis=2).any())
     assert has_fill >= 40
@@ -464,27 +472,24 @@ def test_pil_ops_reject_what_the_originals_reject():
         pil_ops.posterize(img, 9)
 
 
-def _reference_views(img: Image.Image, rng: np.random.Generator, faithful_cutout: bool) -> tuple[Image.Image, ...]:
+def _reference_views(img: Image.Image, row: A.SampleDraws) -> tuple[Image.Image, ...]:
     """The weak and strong views composed from torchvision's functional API and PIL's ImageOps/ImageEnhance (the
-    reference's calls), drawing from `rng` in the same order as augment.py: an oracle for the fast path."""
+    reference's calls), on the same plan row as augment.py: an oracle for the fast path."""
     import torchvision.transforms.functional as F
     from PIL import ImageEnhance, ImageOps
     from torchvision.transforms import InterpolationMode
 
-    def crop_and_flip(im):
-        top, left, h, w = A._random_resized_crop_box(im.width, im.height, rng)
+    def crop_and_flip(im, box, flip):
+        top, left, h, w = box
         im = F.resized_crop(im, top, left, h, w, [32, 32], InterpolationMode.BILINEAR)
-        return F.hflip(im) if rng.random() < A.FLIP_PROB else im
+        return F.hflip(im) if flip else im
 
-    weak = crop_and_flip(img)
-    if rng.random() < A.JITTER_PROB:
-        order = rng.permutation(4)
-        factors = [rng.uniform(*A.JITTER_BRIGHTNESS), rng.uniform(*A.JITTER_CONTRAST),
-                   rng.uniform(*A.JITTER_SATURATION), rng.uniform(*A.JITTER_HUE)]
+    weak = crop_and_flip(img, row.weak_box, row.weak_flip)
+    if row.jitter:
         adjust = [F.adjust_brightness, F.adjust_contrast, F.adjust_saturation, F.adjust_hue]
-        for k in order:
-            weak = adjust[k](weak, factors[k])
-    if rng.random() < A.GRAYSCALE_PROB:
+        for k in row.jitter_order:
+            weak = adjust[k](weak, row.jitter_factors[k])
+    if row.gray:
         weak = F.rgb_to_grayscale(weak, num_output_channels=3)
 
     originals = {
@@ -494,11 +499,15 @@ def _reference_views(img: Image.Image, rng: np.random.Generator, faithful_cutout
         "Posterize": lambda im, v: ImageOps.posterize(im, int(v)),
         "Solarize": lambda im, v: ImageOps.solarize(im, v),
     }
-    strong = crop_and_flip(img)
-    for op_index in rng.integers(len(A.RANDAUGMENT_OPS), size=A.NUM_RANDAUGMENT_OPS):
+    strong = crop_and_flip(img, row.strong_box, row.strong_flip)
+    for op_index, magnitude in zip(row.ops, row.magnitudes):
         op = A.RANDAUGMENT_OPS[op_index]
-        strong = originals.get(op.name, op.apply)(strong, rng.uniform(op.low, op.high))
-    return weak, A._cutout(strong, rng, faithful_cutout)
+        strong = originals.get(op.name, op.apply)(strong, magnitude)
+    if row.cutout[2] > row.cutout[0]:
+        strong = strong.copy()
+        ImageDraw.Draw(strong).rectangle((row.cutout[0], row.cutout[1], row.cutout[2] - 1, row.cutout[3] - 1),
+                                         A.CUTOUT_FILL)
+    return weak, strong
 
 
 @pytest.mark.parametrize("faithful_cutout", [False, True])
@@ -507,14 +516,11 @@ def test_fast_views_equal_the_torchvision_and_pil_composition(faithful_cutout):
     smooth = np.stack(np.broadcast_arrays(ramp[None, :], ramp[:, None], 255 - ramp[None, :]), -1).astype(np.uint8)
     images = [*_random_images(150, seed=31), smooth]
     dataset = A.TwoViewDataset(np.stack(images), seed=7, faithful_cutout=faithful_cutout)
-    ops_used = set()
+    rows = A.plan_rows(P.draw_plan(7, 2, torch.arange(len(images)), faithful_cutout))
     for index, pixels in enumerate(images):
-        weak, strong, _ = dataset[(2, index)]  # one generator: the weak view's draws, then the strong view's
-        ref_weak, ref_strong = _reference_views(Image.fromarray(pixels), A.sample_rng(7, 2, index), faithful_cutout)
+        weak, strong, _ = dataset[(2, index)]
+        ref_weak, ref_strong = _reference_views(Image.fromarray(pixels), rows[index])
         assert torch.equal(weak, torch.from_numpy(np.asarray(ref_weak).copy()).permute(2, 0, 1)), index
         assert torch.equal(strong, torch.from_numpy(np.asarray(ref_strong).copy()).permute(2, 0, 1)), index
-        rng = A.sample_rng(7, 2, index)
-        A.weak_view(Image.fromarray(pixels), rng)
-        A._random_resized_crop_and_flip(Image.fromarray(pixels), rng)
-        ops_used.update(A.RANDAUGMENT_OPS[i].name for i in rng.integers(len(A.RANDAUGMENT_OPS), size=3))
+    ops_used = {A.RANDAUGMENT_OPS[i].name for row in rows for i in row.ops}
     assert ops_used == {op.name for op in A.RANDAUGMENT_OPS}, "every op must have been exercised"

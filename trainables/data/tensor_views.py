@@ -1,0 +1,371 @@
+"""The weak and strong views (METHOD.md §1.4) as batched tensor ops with per-sample parameters, on any device.
+
+The input is a uint8 [B, 3, 32, 32] batch on the trial's device and a `plan.ViewPlan` drawn on the CPU; the
+output is the two uint8 views, pixel for pixel what the PIL path (`augment.py`) makes from the same plan, up to
+the bounds tests/test_tensor_views.py asserts. No maintained library applies a *different* op to each sample of a
+batch with these magnitudes, hence this module.
+
+How it stays fast and close to PIL:
+- Ops run only on the samples that drew them: for each op slot, a loop over the op kinds (not over samples)
+  gathers the samples of one kind with `index_select`, transforms that sub-batch and writes it back with
+  `index_copy_`. Index lists come from the CPU plan, so dispatch never waits for the device.
+- PIL's integer arithmetic is mirrored: ImageEnhance's blend in float32 with truncation, RGB->L with PIL's
+  16-bit fixed-point weights, the 3x3 SMOOTH kernel with PIL's rounding, HSV in PIL's float/double mix,
+  per-sample lookup tables for autocontrast/equalize, bit masks for posterize/solarize.
+- Resampling follows PIL's own arithmetic rather than grid_sample's: the resized crop is PIL's separable bilinear
+  resample (22-bit fixed-point coefficients, 8-bit rounding between the horizontal and vertical pass) written as
+  two small per-sample matrix products in float64 (exact for these integer sums); the flip is folded into the
+  horizontal matrix. Rotate, shear and translate are PIL's nearest-neighbour affine map with its pixel-centre
+  convention, as one integer gather per sample.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+from .plan import CUTOUT_FILL, IMAGE_SIZE, NUM_RANDAUGMENT_OPS, OP_ID, ViewPlan
+
+_PRECISION_BITS = 22  # PIL's Resample.c: 32 - 8 bits of pixel - 2 bits of headroom
+_HALF = float(1 << (_PRECISION_BITS - 1))
+_ONE = float(1 << _PRECISION_BITS)
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+
+
+def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """[n] -> [n, 1, 1, 1] on like's device, for broadcasting over images."""
+    return values.to(like.device, non_blocking=True).view(-1, 1, 1, 1)
+
+
+def _div(a: torch.Tensor | float, b: torch.Tensor | float) -> torch.Tensor:
+    """Correctly rounded a / b. torch computes scalar / tensor as reciprocal times scalar, and tensor / scalar as
+    tensor times the scalar's reciprocal: both can be 1 ulp off the C division PIL does."""
+    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    a, b = torch.broadcast_tensors(a, b.to(a.device))
+    return torch.div(a, b.contiguous())
+
+
+def _luma(x: torch.Tensor) -> torch.Tensor:
+    """PIL's RGB -> L: (19595 R + 38470 G + 7471 B + 2^15) >> 16, as int32 [n, 1, H, W]."""
+    x = x.to(torch.int32)
+    return (x[:, 0:1] * 19595 + x[:, 1:2] * 38470 + x[:, 2:3] * 7471 + 0x8000) >> 16
+
+
+def _blend(degenerate: torch.Tensor, img: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """PIL's Image.blend(degenerate, img, factor) for 8-bit bands: in1 + alpha * (in2 - in1) with a C float alpha,
+    clipped to [0, 255] and truncated. degenerate may broadcast (a constant per sample, or one gray band)."""
+    alpha = _per_sample(factor.to(torch.float32), img)
+    d = degenerate.to(torch.float32)
+    out = (img.to(torch.float32) - d).mul_(alpha).add_(d)
+    return out.clamp_(0, 255).to(torch.uint8)
+
+
+# ------------------------------------------------------------------------------------------ resized crop + flip
+
+
+def _resample_matrix(start: torch.Tensor, length: torch.Tensor, flip: torch.Tensor | None) -> torch.Tensor:
+    """[n, 32 out, 32 in] PIL bilinear coefficients (integers, in units of 2^-22) for resizing the source span
+    [start, start + length) to 32 pixels; rows reversed where flip. Mirrors Resample.c's precompute_coeffs and
+    normalize_coeffs_8bpc: crops are at most 32 wide, so the filter is never widened (support 1, 3 taps)."""
+    n = len(start)
+    scale = length.to(torch.float64) / IMAGE_SIZE
+    center = (torch.arange(IMAGE_SIZE, dtype=torch.float64) + 0.5)[None, :] * scale[:, None]  # [n, 32]
+    xmin = (center - 0.5).to(torch.int64).clamp_min(0)  # C's (int)(center - support + 0.5) truncates
+    xmax = torch.minimum((center + 1.5).to(torch.int64), length[:, None])
+    pos = xmin[..., None] + torch.arange(3)  # [n, 32, 3]
+    w = (1.0 - ((pos.to(torch.float64) - center[..., None]) + 0.5).abs()).clamp_min(0.0)
+    w = torch.where(pos < xmax[..., None], w, 0.0)
+    total = (w[..., 0] + w[..., 1]) + w[..., 2]  # C sums left to right
+    k = torch.floor(0.5 + w / total[..., None] * _ONE)
+    matrix = torch.zeros(n, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.float64)
+    matrix.scatter_add_(2, (start[:, None, None] + pos).clamp(0, IMAGE_SIZE - 1), k)
+    if flip is not None:
+        matrix = torch.where(flip[:, None, None], matrix.flip(1), matrix)
+    return matrix
+
+
+def _round_pass(acc: torch.Tensor) -> torch.Tensor:
+    # PIL: (sum + 2^21) >> 22, clipped to [0, 255]; acc holds exact integers in float64.
+    return torch.floor((acc + _HALF) / _ONE).clamp_(0, 255)
+
+
+def resized_crop_flip(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """PIL's img.crop(box).resize((32, 32), BILINEAR), then the horizontal flip, per sample.
+
+    boxes: int64 [n, 4] (top, left, height, width) on the CPU; flips: bool [n] on the CPU."""
+    dev = images.device
+    horizontal = _resample_matrix(boxes[:, 1], boxes[:, 3], flips).to(dev, non_blocking=True)
+    vertical = _resample_matrix(boxes[:, 0], boxes[:, 2], None).to(dev, non_blocking=True)
+    x = images.to(torch.float64)
+    # Horizontal pass first, rounded to 8 bits, then the vertical pass: PIL's order and rounding.
+    x = _round_pass(torch.matmul(x, horizontal.transpose(1, 2)[:, None]))
+    x = _round_pass(torch.matmul(vertical[:, None], x))
+    return x.to(torch.uint8)
+
+
+# ---------------------------------------------------------------------------------------------- colour ops
+
+
+def brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """ImageEnhance.Brightness: blend with black."""
+    return _blend(torch.zeros((), dtype=torch.float32, device=x.device), x, factor)
+
+
+def color(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """ImageEnhance.Color (= torchvision's adjust_saturation on PIL): blend with the L image."""
+    return _blend(_luma(x), x, factor)
+
+
+def contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """ImageEnhance.Contrast: blend with the L image's mean, rounded as int(mean + 0.5)."""
+    gray = _luma(x)
+    mean = torch.floor(gray.sum(dim=(1, 2, 3), dtype=torch.int64).to(torch.float64) / gray[0].numel() + 0.5)
+    return _blend(mean.view(-1, 1, 1, 1), x, factor)
+
+
+def sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """ImageEnhance.Sharpness: blend with PIL's SMOOTH filter (3x3, centre 5, others 1, /13, rounded); PIL's
+    filter leaves the 1-px border as it is, and so does this."""
+    xi = x.to(torch.int32)
+    acc = torch.nn.functional.avg_pool2d(xi.to(torch.float32), 3, stride=1, divisor_override=1).to(torch.int32)
+    acc += 4 * xi[:, :, 1:-1, 1:-1]  # the 3x3 box sum plus 4 more of the centre: the SMOOTH kernel
+    smooth = xi.clone()
+    smooth[:, :, 1:-1, 1:-1] = torch.div(2 * acc + 13, 26, rounding_mode="floor")  # floor(acc / 13 + 0.5)
+    return _blend(smooth, x, factor)
+
+
+def grayscale(x: torch.Tensor) -> torch.Tensor:
+    """PIL's L conversion copied into three channels."""
+    return _luma(x).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+
+
+def hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """torchvision's adjust_hue on PIL: RGB -> PIL's 8-bit HSV, H += int(factor * 255) mod 256, HSV -> RGB.
+
+    PIL's Convert.c mixes C float and double; each step below uses the same precision (float32 where PIL
+    stores a float, float64 where it computes with double constants)."""
+    f32, f64 = torch.float32, torch.float64
+    r, g, b = (x[:, c].to(torch.int32) for c in range(3))
+    maxc = torch.maximum(torch.maximum(r, g), b)
+    minc = torch.minimum(torch.minimum(r, g), b)
+    cr = (maxc - minc).to(f32)
+    safe_cr = torch.where(cr > 0, cr, 1.0)
+    s = cr / maxc.clamp_min(1).to(f32)
+    rc, gc, bc = ((maxc - c).to(f32) / safe_cr for c in (r, g, b))
+    h = torch.where(r == maxc, bc - gc,
+                    torch.where(g == maxc, (2.0 + rc.to(f64) - bc.to(f64)).to(f32),
+                                (4.0 + gc.to(f64) - rc.to(f64)).to(f32)))
+    h = torch.fmod(_div(h.to(f64), 6.0) + 1.0, 1.0).to(f32)
+    grey = maxc == minc
+    uh = torch.where(grey, 0, (h.to(f64) * 255.0).to(torch.int32).clamp(0, 255))
+    us = torch.where(grey, 0, (s.to(f64) * 255.0).to(torch.int32).clamp(0, 255))
+    v = maxc
+
+    # np.int32(factor * 255) truncates toward zero; adding it to uint8 wraps mod 256.
+    shift = (factor.to(f64) * 255.0).to(torch.int64).to(x.device, non_blocking=True).view(-1, 1, 1)
+    uh = torch.remainder(uh + shift, 256)
+
+    hd = _div(uh.to(f32).to(f64) * 6.0, 255.0)
+    i = torch.floor(hd)
+    frac = (hd - i).to(f32)
+    fs = _div(us.to(f32).to(f64), 255.0).to(f32)
+    vd = v.to(f64)
+
+    def rounded(t: torch.Tensor) -> torch.Tensor:  # C round(): half away from zero (t >= 0 here)
+        return torch.floor(t + 0.5).clamp_(0, 255).to(torch.int32)
+
+    p = rounded(vd * (1.0 - fs.to(f64)))
+    q = rounded(vd * (1.0 - (fs * frac).to(f64)))
+    t = rounded(vd * (1.0 - fs.to(f64) * (1.0 - frac.to(f64))))
+    sector = i.to(torch.int64) % 6
+    table = (  # (r, g, b) by sector, as hsv2rgb's switch
+        (v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))
+    out = []
+    for ch in range(3):
+        value = v
+        for k in range(6):
+            value = torch.where(sector == k, table[k][ch], value)
+        out.append(torch.where(us == 0, v, value))
+    return torch.stack(out, dim=1).to(torch.uint8)
+
+
+# --------------------------------------------------------------------------------------- lookup-table ops
+
+
+def _histograms(x: torch.Tensor) -> torch.Tensor:
+    """[n, 3, 256] per-sample, per-band level counts."""
+    n = len(x)
+    offsets = (torch.arange(n * 3, device=x.device) * 256).view(n, 3, 1)
+    flat = (x.reshape(n, 3, -1).to(torch.int64) + offsets).reshape(-1)
+    return torch.bincount(flat, minlength=n * 3 * 256).view(n, 3, 256)
+
+
+def _apply_luts(x: torch.Tensor, luts: torch.Tensor) -> torch.Tensor:
+    """Map each band of each sample through its [n, 3, 256] table (clipped to 0..255, as Image.point)."""
+    n = len(x)
+    table = luts.clamp(0, 255).to(torch.uint8)
+    return table.gather(2, x.reshape(n, 3, -1).to(torch.int64)).view_as(x)
+
+
+def _band_extremes(hist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    present = (hist > 0).to(torch.int8)
+    return present.argmax(dim=2), 255 - present.flip(2).argmax(dim=2)
+
+
+def autocontrast(x: torch.Tensor) -> torch.Tensor:
+    """ImageOps.autocontrast: per sample and band, int(level * scale + offset) stretching [lo, hi] to [0, 255]."""
+    levels = torch.arange(256, device=x.device, dtype=torch.float64)
+    lo, hi = _band_extremes(_histograms(x))
+    stretch = hi > lo
+    scale = _div(255.0, torch.where(stretch, hi - lo, 1).to(torch.float64))
+    offset = -lo.to(torch.float64) * scale
+    stretched = (levels * scale[..., None] + offset[..., None]).to(torch.int64)  # float64 like PIL, truncated
+    return _apply_luts(x, torch.where(stretch[..., None], stretched, levels.to(torch.int64)))
+
+
+def equalize(x: torch.Tensor) -> torch.Tensor:
+    """ImageOps.equalize: per sample and band, levels through the cumulative histogram in steps of total/255."""
+    hist = _histograms(x)
+    lo, hi = _band_extremes(hist)
+    top = hist.gather(2, hi[..., None])[..., 0]
+    step = torch.where(hi > lo, (hist.sum(dim=2) - top) // 255, 0)
+    before = torch.cumsum(hist, dim=2) - hist
+    equalized = (step[..., None] // 2 + before) // step.clamp_min(1)[..., None]
+    levels = torch.arange(256, device=x.device)
+    return _apply_luts(x, torch.where(step[..., None] > 0, equalized, levels))
+
+
+def posterize(x: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+    """ImageOps.posterize(img, int(v)): keep the top int(v) bits."""
+    bits = magnitude.to(torch.int64)
+    mask = (255 & ~((1 << (8 - bits)) - 1)).to(torch.uint8)
+    return x & _per_sample(mask, x)
+
+
+def solarize(x: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+    """ImageOps.solarize(img, v): invert levels >= v, i.e. levels >= ceil(v)."""
+    threshold = _per_sample(torch.ceil(magnitude).clamp(0, 256).to(torch.int16), x)
+    return torch.where(x.to(torch.int16) >= threshold, 255 - x, x)
+
+
+# ------------------------------------------------------------------------------------------------ affine ops
+
+
+def _affine_nearest(x: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
+    """PIL's Image.transform(AFFINE, (a, b, c, d, e, f), NEAREST) with black fill, per sample.
+
+    Output pixel (x, y) reads the input at (a x' + b y' + c, d x' + e y' + f) with x' = x + 0.5, y' = y + 0.5,
+    truncated (negative -> outside), as Geometry.c's affine_transform does. PIL accumulates the row and column
+    steps by repeated addition; the products here differ from those sums by rounding only (~1e-15 px)."""
+    n, c, height, width = x.shape
+    a = coeffs.to(torch.float64)
+    xs = torch.arange(width, dtype=torch.float64)
+    ys = torch.arange(height, dtype=torch.float64)
+    xo = (a[:, 2] + a[:, 1] * 0.5 + a[:, 0] * 0.5)[:, None, None]
+    yo = (a[:, 5] + a[:, 4] * 0.5 + a[:, 3] * 0.5)[:, None, None]
+    src_x = (xo + ys[None, :, None] * a[:, 1, None, None]) + xs[None, None, :] * a[:, 0, None, None]
+    src_y = (yo + ys[None, :, None] * a[:, 4, None, None]) + xs[None, None, :] * a[:, 3, None, None]
+    xin = torch.where(src_x < 0, -1, src_x.clamp(max=width).to(torch.int64))
+    yin = torch.where(src_y < 0, -1, src_y.clamp(max=height).to(torch.int64))
+    inside = (xin >= 0) & (xin < width) & (yin >= 0) & (yin < height)
+    index = torch.where(inside, yin * width + xin, 0).view(n, 1, -1).to(x.device, non_blocking=True)
+    out = x.reshape(n, c, -1).gather(2, index.expand(n, c, -1))
+    return (out * inside.view(n, 1, -1).to(x.device, non_blocking=True)).view_as(x)
+
+
+def _affine_coeffs(op: str, v: torch.Tensor) -> torch.Tensor:
+    """[n, 6] PIL affine data of the op with magnitude v (CPU float64), as augment.py's PIL calls build them."""
+    zero, one = torch.zeros_like(v), torch.ones_like(v)
+    if op == "ShearX":
+        return torch.stack([one, v, zero, zero, one, zero], 1)
+    if op == "ShearY":
+        return torch.stack([one, zero, zero, v, one, zero], 1)
+    if op == "TranslateX":
+        return torch.stack([one, zero, v * IMAGE_SIZE, zero, one, zero], 1)
+    if op == "TranslateY":
+        return torch.stack([one, zero, zero, zero, one, v * IMAGE_SIZE], 1)
+    assert op == "Rotate", op
+    # Image.rotate(v): angle % 360 (Python's sign rule), matrix rounded to 15 decimals, about the centre.
+    angle = torch.fmod(v, 360.0)
+    angle = torch.where(angle < 0, angle + 360.0, angle)
+    angle = -(angle * (math.pi / 180.0))
+    cos = torch.round(torch.cos(angle), decimals=15)
+    sin = torch.round(torch.sin(angle), decimals=15)
+    centre = IMAGE_SIZE / 2.0
+    c = cos * -centre + sin * -centre + centre
+    f = -sin * -centre + cos * -centre + centre
+    return torch.stack([cos, sin, c, -sin, cos, f], 1)
+
+
+def _affine_op(name: str, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return _affine_nearest(x, _affine_coeffs(name, v))
+
+
+# ------------------------------------------------------------------------------------------------------ views
+
+_OPS = {
+    "AutoContrast": lambda x, v: autocontrast(x),
+    "Brightness": brightness,
+    "Color": color,
+    "Contrast": contrast,
+    "Equalize": lambda x, v: equalize(x),
+    "Posterize": posterize,
+    "Sharpness": sharpness,
+    "Solarize": solarize,
+    **{name: functools.partial(_affine_op, name)
+       for name in ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY")},
+}
+_JITTER = (brightness, contrast, color, hue)  # by plan.jitter_order id
+
+
+def _apply_where(x: torch.Tensor, chosen: torch.Tensor, fn, *params: torch.Tensor) -> None:
+    """x[chosen] = fn(x[chosen], *params[chosen]) in place; chosen is a CPU bool mask (no device sync)."""
+    rows = chosen.nonzero()[:, 0]
+    if len(rows) == 0:
+        return
+    rows_dev = rows.to(x.device, non_blocking=True)
+    x.index_copy_(0, rows_dev, fn(x.index_select(0, rows_dev), *(p[rows] for p in params)))
+
+
+def weak_views(images: torch.Tensor, plan: ViewPlan) -> torch.Tensor:
+    """uint8 [B, 3, 32, 32] weak views of `images` (any device) under `plan` (CPU)."""
+    x = resized_crop_flip(images, plan.weak_box, plan.weak_flip)
+    for position in range(4):
+        kind = plan.jitter_order[:, position]
+        for k, fn in enumerate(_JITTER):
+            _apply_where(x, plan.jitter & (kind == k), fn, plan.jitter_factors[:, k])
+    _apply_where(x, plan.gray, grayscale)
+    return x
+
+
+def strong_views(images: torch.Tensor, plan: ViewPlan) -> torch.Tensor:
+    """uint8 [B, 3, 32, 32] strong views of `images` (any device) under `plan` (CPU): three ops, then Cutout."""
+    x = resized_crop_flip(images, plan.strong_box, plan.strong_flip)
+    for position in range(NUM_RANDAUGMENT_OPS):
+        op = plan.ops[:, position]
+        for name, fn in _OPS.items():
+            _apply_where(x, op == OP_ID[name], fn, plan.magnitudes[:, position])
+    return cutout(x, plan.cutout)
+
+
+def cutout(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Fill each sample's end-exclusive (x0, y0, x1, y1) box with CUTOUT_FILL."""
+    b = boxes.to(x.device, non_blocking=True)
+    ar = torch.arange(IMAGE_SIZE, device=x.device)
+    cols = (ar >= b[:, 0:1]) & (ar < b[:, 2:3])  # [n, 32]
+    rows = (ar >= b[:, 1:2]) & (ar < b[:, 3:4])
+    mask = rows[:, None, :, None] & cols[:, None, None, :]
+    fill = torch.tensor(CUTOUT_FILL, dtype=torch.uint8, device=x.device).view(1, 3, 1, 1)
+    return torch.where(mask, fill, x)
+
+
+def views(images: torch.Tensor, plan: ViewPlan) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weak, strong) uint8 views of a uint8 [B, 3, 32, 32] batch."""
+    if images.dtype != torch.uint8 or images.shape[1:] != (3, IMAGE_SIZE, IMAGE_SIZE):
+        raise TypeError(f"expected uint8 [B, 3, {IMAGE_SIZE}, {IMAGE_SIZE}] images, got {images.dtype} "
+                        f"of shape {tuple(images.shape)}")
+    return weak_views(images, plan), strong_views(images, plan)
