@@ -28,6 +28,7 @@ TEST_CLASS_SIZE = {"cifar10": 1000, "cifar100": 100}
 ARCHS = ("resnet18", "small-cnn")
 ORACLE_LA_MODES = ("disamb", "loss", "posthoc")
 PRECISIONS = ("fp32", "bf16")
+AUGMENTS = ("pil", "tensor")
 
 # Reference behaviours we fix by default; each can be switched back on by name (METHOD.md §11).
 FAITHFUL_QUIRKS = {
@@ -131,6 +132,10 @@ class TrialConfig:
     """SGD momentum (no Nesterov)."""
     lr_min_ratio: float = 1e-3
     """The cosine schedule ends at lr * lr_min_ratio (eta_min = 1e-5 for lr 0.01)."""
+    augment: str = "pil"
+    """How the training views are made from the same per-sample draws: 'pil' (PIL ops per image in DataLoader
+    workers, the reference's pixels) or 'tensor' (batched tensor ops on the trial's device, no loader workers;
+    equal to 'pil' except for rare rotate/shear pixels, see tests/test_tensor_views.py)."""
     precision: str = "fp32"
     """'fp32', or 'bf16': bf16 autocast and channels_last for the backbone; losses, W, mu and the prior stay
     in fp32 (§11.16)."""
@@ -226,6 +231,8 @@ class TrialConfig:
             raise bad("lr_min_ratio", "must lie in [0, 1]")
         if self.precision not in PRECISIONS:
             raise bad("precision", f"choose one of {list(PRECISIONS)}")
+        if self.augment not in AUGMENTS:
+            raise bad("augment", f"choose one of {list(AUGMENTS)}")
         unknown = [q for q in self.faithful if q not in FAITHFUL_QUIRKS]
         if unknown:
             raise ConfigError(f"faithful={list(self.faithful)!r}: unknown quirk(s) {unknown}; "

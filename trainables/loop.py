@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from . import __version__
@@ -22,7 +21,7 @@ from .checkpoint import FILENAME, load_latest, remove_stray_temps, save_checkpoi
 from .comm import Comm
 from .config import RunOptions, TrialConfig
 from .data.augment import normalize
-from .data.loaders import TrialData, build_dataset, make_train_loader
+from .data.loaders import TrialData, build_dataset, make_train_batches, to_device_images
 from .history import write_run_files
 from .methods import create_method
 from .metrics import confidence_summary, group_accuracy, prior_kl, shot_groups, topk_hits
@@ -134,12 +133,6 @@ def train_steps(model: ModelHandle, method, optimizer, batches, norm, device: to
     return sums
 
 
-def to_device_images(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 NHWC array -> uint8 NCHW tensor on the device (normalised per batch at use)."""
-    # the transposing copy is also writable (the source arrays are read-only), as torch.from_numpy wants
-    return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
-
-
 def fit(cfg: TrialConfig, options: RunOptions, on_epoch: Callable[[dict, Path | None], None] | None = None,
         comm: Comm | None = None, resume_from: str | Path | None = None) -> FitResult:
     """Train `cfg` to the end (or from `resume_from`, a checkpoint file) and return the metric history."""
@@ -152,13 +145,14 @@ def fit(cfg: TrialConfig, options: RunOptions, on_epoch: Callable[[dict, Path | 
     k = data.num_classes
     method = create_method(cfg, torch.from_numpy(data.train.candidates), data.train.counts, device, comm)
     train_labels = torch.from_numpy(data.train.labels).to(device)
-    train_images_dev = None  # uploaded on first use (only methods with an estimation pass need it)
+    # uploaded on first use (by the tensor views, or methods with an estimation pass)
+    train_images_dev = to_device_images(data.train_images, device) if cfg.augment == "tensor" else None
     test_images = to_device_images(data.test_images, device)
     test_labels = torch.from_numpy(data.test_labels).to(device)
     groups = shot_groups(data.train.counts)
     true_prior = torch.as_tensor(data.train.true_prior)
-    loader, sampler = make_train_loader(data, cfg, options.num_workers, comm.rank, comm.world_size,
-                                        pin_memory=device.type == "cuda")
+    loader, sampler = make_train_batches(data, cfg, options.num_workers, device, comm.rank, comm.world_size,
+                                         train_images=train_images_dev)
     steps = len(sampler)
     samples_per_epoch = steps * cfg.batch_size
 

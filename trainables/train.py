@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--momentum", type=float, default=d.momentum, help=docs["momentum"])
     g.add_argument("--lr-min-ratio", type=float, default=d.lr_min_ratio, help=docs["lr_min_ratio"])
     g.add_argument("--precision", choices=["fp32", "bf16"], default=d.precision, help=docs["precision"])
+    g.add_argument("--augment", choices=["pil", "tensor"], default=d.augment, help=docs["augment"])
     g.add_argument("--seed", type=int, default=d.seed, help=docs["seed"])
     g.add_argument("--faithful", default="", metavar="QUIRK[,QUIRK]",
                    help="reference quirks to reproduce instead of fixing: 'all' or a comma list of "

@@ -1,4 +1,5 @@
-"""`build_dataset(cfg, data_root)`: source -> LT subset + candidate sets + test split; and the training loader.
+"""`build_dataset(cfg, data_root)`: source -> LT subset + candidate sets + test split; and the training batches:
+a DataLoader of PIL views (augment='pil') or `DeviceTrainBatches`, views made on the device (augment='tensor').
 
 Batch order and augmentation are functions of (seed, epoch, sample), never of process-global RNG state, so a run is
 reproducible whatever the number of DataLoader workers, and a resumed run sees exactly the batches it would have.
@@ -14,8 +15,10 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from ..config import TrialConfig
+from . import tensor_views
 from .augment import TwoViewDataset, normalization
 from .longtail import LongTailedSet, build_longtailed, superclass_table
+from .plan import draw_plan
 from .sources import load_split
 
 _BATCH_ORDER_STREAM = 0x6F72646572
@@ -126,3 +129,44 @@ def make_train_loader(data: TrialData, cfg: TrialConfig, num_workers: int, rank:
                         pin_memory=pin_memory, persistent_workers=num_workers > 0,
                         prefetch_factor=4 if num_workers > 0 else None)
     return loader, sampler
+
+
+def to_device_images(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 NHWC array -> uint8 NCHW tensor on the device (normalised per batch at use)."""
+    # the transposing copy is also writable (the source arrays are read-only), as torch.from_numpy wants
+    return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
+
+
+class DeviceTrainBatches:
+    """The training set on the device as uint8, and an iterator of (weak, strong, idx) batches like the loader's:
+    the sampler's keys -> a ViewPlan drawn on the CPU -> both views as batched tensor ops on the device.
+
+    No worker processes: the views cost a fraction of the step on the device that runs the model.
+    """
+
+    def __init__(self, images: torch.Tensor, sampler: EpochBatchSampler, seed: int, faithful_cutout: bool = False):
+        self.images, self.sampler, self.seed, self.faithful_cutout = images, sampler, seed, faithful_cutout
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        for keys in self.sampler:
+            epochs, indices = torch.tensor(keys, dtype=torch.int64).T
+            plan = draw_plan(self.seed, epochs, indices, self.faithful_cutout)
+            batch = self.images.index_select(0, indices.to(self.images.device, non_blocking=True))
+            weak, strong = tensor_views.views(batch, plan)
+            yield weak, strong, indices
+
+
+def make_train_batches(data: TrialData, cfg: TrialConfig, num_workers: int, device: torch.device, rank: int = 0,
+                       world_size: int = 1, train_images: torch.Tensor | None = None
+                       ) -> tuple[DataLoader | DeviceTrainBatches, EpochBatchSampler]:
+    """The training batches of cfg.augment and their sampler. 'pil': the DataLoader (num_workers processes, pinned
+    memory on CUDA); 'tensor': DeviceTrainBatches over `train_images` (uploaded here when not given)."""
+    if cfg.augment == "pil":
+        return make_train_loader(data, cfg, num_workers, rank, world_size, pin_memory=device.type == "cuda")
+    sampler = EpochBatchSampler(len(data.train_images), cfg.batch_size, cfg.seed, rank, world_size,
+                                faithful=cfg.is_faithful("batch_order"))
+    images = train_images if train_images is not None else to_device_images(data.train_images, device)
+    return DeviceTrainBatches(images, sampler, cfg.seed, cfg.is_faithful("cutout")), sampler
