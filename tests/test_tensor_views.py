@@ -223,3 +223,16 @@ def test_plan_distributions_match_the_spec():
         area = (boxes[:, 2] * boxes[:, 3]).double() / 1024
         assert abs(float(area.mean() - ref.mean())) < 0.01
         assert (torch.quantile(area, quantiles) - torch.quantile(ref, quantiles)).abs().max() < 0.03
+
+
+def test_hue_tables_reproduce_pil_on_random_and_grey_pixels():
+    """The HSV lookup tables against PIL on 65,536 random colours plus every grey level, at factors across the
+    whole range (both wrap-arounds included): exact."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(64, 32, 32, 3), dtype=np.uint8)
+    images[0].reshape(-1, 3)[:256] = np.arange(256, dtype=np.uint8)[:, None]  # greys: S = 0
+    images[1, :, :, 0] = images[1, :, :, 1]  # ties between the maximum channels
+    factors = torch.from_numpy(rng.uniform(-0.5, 0.5, len(images)))
+    factors[:3] = torch.tensor([-0.5, 0.5, 0.0], dtype=torch.float64)
+    ours = T.hue(_nchw(images), factors)
+    assert ours.equal(_pil_each(images, pil_ops.adjust_hue, factors.tolist()))

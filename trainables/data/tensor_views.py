@@ -29,7 +29,6 @@ import torch
 from .plan import CUTOUT_FILL, IMAGE_SIZE, NUM_RANDAUGMENT_OPS, OP_ID, ViewPlan
 
 _PRECISION_BITS = 22  # PIL's Resample.c: 32 - 8 bits of pixel - 2 bits of headroom
-_HALF = float(1 << (_PRECISION_BITS - 1))
 _ONE = float(1 << _PRECISION_BITS)
 
 
@@ -67,11 +66,12 @@ def _blend(degenerate: torch.Tensor, img: torch.Tensor, factor: torch.Tensor) ->
 # ------------------------------------------------------------------------------------------ resized crop + flip
 
 
-def _resample_matrix(start: torch.Tensor, length: torch.Tensor, flip: torch.Tensor | None) -> torch.Tensor:
-    """[n, 32 out, 32 in] PIL bilinear coefficients (integers, in units of 2^-22) for resizing the source span
-    [start, start + length) to 32 pixels; rows reversed where flip. Mirrors Resample.c's precompute_coeffs and
-    normalize_coeffs_8bpc: crops are at most 32 wide, so the filter is never widened (support 1, 3 taps)."""
-    n = len(start)
+def _resample_taps(start: torch.Tensor, length: torch.Tensor, flip: torch.Tensor | None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """PIL's bilinear taps for resizing the source span [start, start + length) to 32 pixels: source positions
+    (int64 [n, 32, 3]) and fixed-point coefficients (int32 [n, 32, 3], units of 2^-22), outputs reversed where
+    flip. Mirrors Resample.c's precompute_coeffs and normalize_coeffs_8bpc: crops are at most 32 wide, so the
+    filter is never widened (support 1, at most 3 taps)."""
     scale = length.to(torch.float64) / IMAGE_SIZE
     center = (torch.arange(IMAGE_SIZE, dtype=torch.float64) + 0.5)[None, :] * scale[:, None]  # [n, 32]
     xmin = (center - 0.5).to(torch.int64).clamp_min(0)  # C's (int)(center - support + 0.5) truncates
@@ -80,30 +80,42 @@ def _resample_matrix(start: torch.Tensor, length: torch.Tensor, flip: torch.Tens
     w = (1.0 - ((pos.to(torch.float64) - center[..., None]) + 0.5).abs()).clamp_min(0.0)
     w = torch.where(pos < xmax[..., None], w, 0.0)
     total = (w[..., 0] + w[..., 1]) + w[..., 2]  # C sums left to right
-    k = torch.floor(0.5 + w / total[..., None] * _ONE)
-    matrix = torch.zeros(n, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.float64)
-    matrix.scatter_add_(2, (start[:, None, None] + pos).clamp(0, IMAGE_SIZE - 1), k)
+    k = torch.floor(0.5 + w / total[..., None] * _ONE).to(torch.int32)
+    source = (start[:, None, None] + pos).clamp(0, IMAGE_SIZE - 1)
     if flip is not None:
-        matrix = torch.where(flip[:, None, None], matrix.flip(1), matrix)
-    return matrix
+        source = torch.where(flip[:, None, None], source.flip(1), source)
+        k = torch.where(flip[:, None, None], k.flip(1), k)
+    return source, k
 
 
-def _round_pass(acc: torch.Tensor) -> torch.Tensor:
-    # PIL: (sum + 2^21) >> 22, clipped to [0, 255]; acc holds exact integers in float64.
-    return torch.floor((acc + _HALF) / _ONE).clamp_(0, 255)
+def _resample_matrix(source: torch.Tensor, k: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[n, 32 out, 32 in] coefficients (units of 2^-22) of the taps, as a matrix for a batched product."""
+    matrix = torch.zeros(len(source), IMAGE_SIZE, IMAGE_SIZE, dtype=torch.float64)
+    return matrix.scatter_add_(2, source, k.to(torch.float64)).to(dtype)
+
+
+def _rounded_pass(acc: torch.Tensor) -> torch.Tensor:
+    # PIL: (sum + 2^21) >> 22 clipped to [0, 255]; here on the float sum in units of 2^-22 (see resized_crop_flip).
+    return torch.floor_(acc.mul_(1.0 / _ONE).add_(0.5)).clamp_(0, 255)
 
 
 def resized_crop_flip(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
     """PIL's img.crop(box).resize((32, 32), BILINEAR), then the horizontal flip, per sample.
 
-    boxes: int64 [n, 4] (top, left, height, width) on the CPU; flips: bool [n] on the CPU."""
-    dev = images.device
-    horizontal = _resample_matrix(boxes[:, 1], boxes[:, 3], flips).to(dev, non_blocking=True)
-    vertical = _resample_matrix(boxes[:, 0], boxes[:, 2], None).to(dev, non_blocking=True)
-    x = images.to(torch.float64)
+    boxes: int64 [n, 4] (top, left, height, width) on the CPU; flips: bool [n] on the CPU.
+
+    Each pass is a batched matrix product (the fastest per-sample gather of taps there is on a CPU). In float32
+    the 22-bit coefficients times 8-bit pixels are not exact: a sum can land on the other side of PIL's rounding
+    point when it is within ~1e-5 of a half, which the parity test bounds. Where TF32 matmuls are switched on
+    (CUDA), float32 would lose far more, so the products run in float64 there.
+    """
+    n, dev = len(images), images.device
+    dtype = torch.float64 if dev.type == "cuda" and torch.backends.cuda.matmul.allow_tf32 else torch.float32
+    cols = _resample_matrix(*_resample_taps(boxes[:, 1], boxes[:, 3], flips), dtype).to(dev, non_blocking=True)
+    rows = _resample_matrix(*_resample_taps(boxes[:, 0], boxes[:, 2], None), dtype).to(dev, non_blocking=True)
     # Horizontal pass first, rounded to 8 bits, then the vertical pass: PIL's order and rounding.
-    x = _round_pass(torch.matmul(x, horizontal.transpose(1, 2)[:, None]))
-    x = _round_pass(torch.matmul(vertical[:, None], x))
+    x = _rounded_pass(torch.bmm(images.reshape(n, 3 * IMAGE_SIZE, IMAGE_SIZE).to(dtype), cols.transpose(1, 2)))
+    x = _rounded_pass(torch.matmul(rows[:, None], x.view(n, 3, IMAGE_SIZE, IMAGE_SIZE)))
     return x.to(torch.uint8)
 
 
@@ -143,13 +155,10 @@ def grayscale(x: torch.Tensor) -> torch.Tensor:
     return _luma(x).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
 
 
-def hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """torchvision's adjust_hue on PIL: RGB -> PIL's 8-bit HSV, H += int(factor * 255) mod 256, HSV -> RGB.
-
-    PIL's Convert.c mixes C float and double; each step below uses the same precision (float32 where PIL
-    stores a float, float64 where it computes with double constants)."""
+def _rgb_to_hsv(r: torch.Tensor, g: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """PIL's rgb2hsv (Convert.c) on int32 planes -> (H, S) int32; V is max(r, g, b). PIL mixes C float and double;
+    each step here uses the same precision (float32 where PIL stores a float, float64 with double constants)."""
     f32, f64 = torch.float32, torch.float64
-    r, g, b = (x[:, c].to(torch.int32) for c in range(3))
     maxc = torch.maximum(torch.maximum(r, g), b)
     minc = torch.minimum(torch.minimum(r, g), b)
     cr = (maxc - minc).to(f32)
@@ -163,12 +172,12 @@ def hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     grey = maxc == minc
     uh = torch.where(grey, 0, (h.to(f64) * 255.0).to(torch.int32).clamp(0, 255))
     us = torch.where(grey, 0, (s.to(f64) * 255.0).to(torch.int32).clamp(0, 255))
-    v = maxc
+    return uh, us
 
-    # np.int32(factor * 255) truncates toward zero; adding it to uint8 wraps mod 256.
-    shift = (factor.to(f64) * 255.0).to(torch.int64).to(x.device, non_blocking=True).view(-1, 1, 1)
-    uh = torch.remainder(uh + shift, 256)
 
+def _hsv_to_rgb(uh: torch.Tensor, us: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """PIL's hsv2rgb on int32 planes -> int32 [..., 3] (r, g, b), in PIL's float/double mix."""
+    f32, f64 = torch.float32, torch.float64
     hd = _div(uh.to(f32).to(f64) * 6.0, 255.0)
     i = torch.floor(hd)
     frac = (hd - i).to(f32)
@@ -182,15 +191,60 @@ def hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     q = rounded(vd * (1.0 - (fs * frac).to(f64)))
     t = rounded(vd * (1.0 - fs.to(f64) * (1.0 - frac.to(f64))))
     sector = i.to(torch.int64) % 6
-    table = (  # (r, g, b) by sector, as hsv2rgb's switch
-        (v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))
+    table = ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))  # hsv2rgb's switch
     out = []
     for ch in range(3):
         value = v
         for k in range(6):
             value = torch.where(sector == k, table[k][ch], value)
         out.append(torch.where(us == 0, v, value))
-    return torch.stack(out, dim=1).to(torch.uint8)
+    return torch.stack(out, dim=-1)
+
+
+@functools.cache
+def _hsv_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Lookup tables that replace PIL's per-pixel HSV arithmetic, built once per device from the code above:
+
+    - hue_of[branch, a, b] (uint8, 3 x 256 x 256): H depends only on which channel is the maximum (PIL's branch
+      order: r, then g, then b) and on the two other channels' distances a, b below it (in r, g, b order);
+    - sat_of[v, v - min] (uint8, 256 x 256): S;
+    - rgb_of[h, s, v] (int32, 2^24 entries, 64 MiB): hsv2rgb's r | g << 8 | b << 16.
+    """
+    d = torch.arange(256, dtype=torch.int32)
+    a, b = d.view(256, 1).expand(256, 256), d.view(1, 256).expand(256, 256)
+    top = torch.full_like(a, 255)
+    hue_of = torch.stack([
+        _rgb_to_hsv(top, top - a, top - b)[0],  # r is the maximum
+        _rgb_to_hsv(top - a, top, top - b)[0],  # g is (a > 0: r is below it)
+        _rgb_to_hsv(top - a, top - b, top)[0],  # b is (a, b > 0)
+    ]).to(torch.uint8)
+    v, spread = d.view(256, 1).expand(256, 256), d.view(1, 256).expand(256, 256)
+    sat_of = _rgb_to_hsv(v, (v - spread).clamp_min(0), v)[1].to(torch.uint8)
+    rgb_of = torch.empty(256, 256, 256, dtype=torch.int32)
+    h, s = d.view(256, 1).expand(256, 256), d.view(1, 256).expand(256, 256)
+    for value in range(256):  # in 256 slices: the float64 temporaries of all 2^24 at once would need GiBs
+        rgb = _hsv_to_rgb(h, s, torch.full_like(h, value))
+        rgb_of[:, :, value] = rgb[..., 0] | (rgb[..., 1] << 8) | (rgb[..., 2] << 16)
+    return hue_of.to(device).view(-1), sat_of.to(device).view(-1), rgb_of.to(device).view(-1)
+
+
+def hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """torchvision's adjust_hue on PIL: RGB -> PIL's 8-bit HSV, H += int(factor * 255) mod 256, HSV -> RGB,
+    through the tables of `_hsv_tables` (pixel for pixel PIL's arithmetic, a few integer ops per pixel)."""
+    hue_of, sat_of, rgb_of = _hsv_tables(x.device)
+    r, g, b = (x[:, c].to(torch.int32) for c in range(3))
+    v = torch.maximum(torch.maximum(r, g), b)
+    spread = v - torch.minimum(torch.minimum(r, g), b)
+    r_top, g_top = r == v, g == v
+    branch = torch.where(r_top, 0, torch.where(g_top, 1, 2))
+    a = torch.where(r_top, v - g, v - r)
+    b_ = torch.where(branch == 2, v - g, v - b)
+    uh = hue_of[(branch << 16) | (a << 8) | b_].to(torch.int32)
+    us = sat_of[(v << 8) | spread].to(torch.int32)
+    # np.int32(factor * 255) truncates toward zero; adding it to the uint8 H wraps mod 256.
+    shift = (factor.to(torch.float64) * 255.0).to(torch.int32).to(x.device, non_blocking=True).view(-1, 1, 1)
+    packed = rgb_of[(((uh + shift) & 255) << 16) | (us << 8) | v]
+    return torch.stack([packed & 255, (packed >> 8) & 255, packed >> 16], dim=1).to(torch.uint8)
 
 
 # --------------------------------------------------------------------------------------- lookup-table ops
