@@ -44,6 +44,10 @@ FAITHFUL_QUIRKS = {
     "enter the BatchNorm statistics",
     "sinkhorn": "SoLar's Sinkhorn in probability space for always 50 iterations, as the reference (§7.3, "
     "§11.11), instead of in log space with a stop test",
+    "pico_queue_init": "PiCO's initial key queue normalised per column (rows of norm ~0.125), as the reference "
+    "(PLUGINS.md §P6-9), instead of per row; only the MoCo warm-up sees it",
+    "pico_phi": "PiCO's confidence-EMA schedule one epoch late, as the reference (§P6-10): epoch e uses "
+    "0.95 + (e-1)/E (0.8 - 0.95), 0.99 in epoch 0, never reaching 0.8",
 }
 
 # The flat fields of a config as they were when the config hash was first defined (hash version 1, before methods
@@ -94,7 +98,7 @@ class TrialConfig:
     # --- method -----------------------------------------------------------------------------------------
     method: str = "corr"
     """PLL method, by registered name: 'corr' (the CORR family: CORR, +RECORDS, +Mixup, +Oracle-LA), 'solar'
-    (SoLar), 'proden' (PRODEN, +RECORDS, +Oracle-LA); see docs/methods.md."""
+    (SoLar), 'proden' (PRODEN, +RECORDS, +Oracle-LA), 'pico' (PiCO, +RECORDS); see docs/methods.md."""
     records: bool = False
     """RECORDS: disambiguate and predict with the momentum-estimated prior softmax(A mu + b) (§4)."""
     mixup: bool = False

@@ -124,6 +124,7 @@ def train_steps(model: ModelHandle, method, optimizer, batches, norm, device: to
         loss, logs = method.train_step(model, x_weak, x_strong, idx, epoch, step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        method.before_optimizer_step()
         optimizer.step()
         method.after_step(model, epoch, step)
         for name, value in logs.items():

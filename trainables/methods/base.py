@@ -105,8 +105,9 @@ def unregister(name: str) -> None:
 
 class PLLMethod:
     """State and hooks of one method in one training run. The loop calls, per stage:
-    `extra_parameters(model)` (joins the optimiser) -> `enter_stage` -> per step `train_step`, backward, SGD step,
-    `after_step` -> per epoch `end_epoch`, the test pass (`adjust_test_logits`), and `state_dict` for checkpoints.
+    `extra_parameters(model)` (joins the optimiser) -> `enter_stage` -> per step `train_step`, backward,
+    `before_optimizer_step`, SGD step, `after_step` -> per epoch `end_epoch`, the test pass (`adjust_test_logits`),
+    and `state_dict` for checkpoints.
     Only `train_step` and the state are required; the rest have neutral defaults."""
 
     confidences: torch.Tensor  # W [N, K]: the current label confidences of the training samples
@@ -132,6 +133,10 @@ class PLLMethod:
         """One mini-batch, forward included: (loss to backpropagate, {log name: 0-d tensor}). Log names other
         than 'loss' must be epoch columns of the schema (the base ones or the method's `epoch_columns`)."""
         raise NotImplementedError
+
+    def before_optimizer_step(self) -> None:
+        """After backward, before the optimiser step: a method whose `extra_parameters` live outside the (DDP)
+        model averages their gradients over ranks here, as DDP does for the model's."""
 
     def after_step(self, model, epoch: int, step: int) -> None:
         """After the optimiser step (e.g. a momentum encoder's EMA)."""
