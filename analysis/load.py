@@ -151,3 +151,17 @@ def load_sweep(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> Sweep:
                       "counting a seed twice", stacklevel=2)
     return Sweep(runs=runs, epochs=epochs, sources=locations)
 
+
+
+def read_manifest(location: str | os.PathLike) -> dict | None:
+    """The sweep's own sweep.json (its cells and run settings), or None when the folder has none."""
+    import json
+
+    location = os.fspath(location)
+    fs, root = _filesystem(location)
+    path = _join(root, "sweep.json") if "://" not in location else root.rstrip("/") + "/sweep.json"
+    try:
+        with fs.open_input_stream(path) as fh:
+            return json.loads(fh.read())
+    except (FileNotFoundError, OSError, ValueError):
+        return None

@@ -92,6 +92,20 @@ def _legend(fig: Figure, axes: Sequence) -> None:
                    fontsize="small")
 
 
+def runs_shown(shown: pd.DataFrame) -> str:
+    """What a figure shows, for its title: '7 finished runs', '5 runs: 4 finished, 1 running (epochs so far)'."""
+    counts = shown["status"].astype(str).value_counts()
+    n = len(shown)
+    plural = "s" if n != 1 else ""
+    if n == 0:
+        return "no runs to show yet"
+    if len(counts) == 1:
+        text = f"{n} {counts.index[0]} run{plural}"
+    else:
+        text = f"{n} runs: " + ", ".join(f"{c} {s}" for s, c in counts.items())
+    return text + (" (epochs so far)" if "running" in counts else "")
+
+
 # --- accuracy over epochs ----------------------------------------------------------------------------------------
 def plot_accuracy_curves(runs: pd.DataFrame, epochs: pd.DataFrame, dataset_table: str | None = None, *,
                          metric: str = "top1", statuses: Sequence[str] = ("finished", "running"),
@@ -103,7 +117,8 @@ def plot_accuracy_curves(runs: pd.DataFrame, epochs: pd.DataFrame, dataset_table
     run contributes its epochs so far, so late epochs may average fewer seeds.
     """
     table, sel = _table_runs(runs, dataset_table, paper_oracle_mode, average_over)
-    ep = _epochs_of(sel[sel["status"].astype(str).isin(statuses)], epochs)
+    shown = sel[sel["status"].astype(str).isin(statuses)]
+    ep = _epochs_of(shown, epochs)
     fig, grid = _cell_grid(sel)
     colors = _colors(sel["row"].unique())
     for (rho, q), ax in grid.items():
@@ -120,7 +135,7 @@ def plot_accuracy_curves(runs: pd.DataFrame, epochs: pd.DataFrame, dataset_table
         ax.grid(alpha=0.3)
         if cell.empty:
             ax.text(0.5, 0.5, "no epochs", ha="center", va="center", transform=ax.transAxes, color="gray")
-    fig.suptitle(f"{table}: test {metric} over epochs (mean ± std over seeds; statuses {', '.join(statuses)})")
+    fig.suptitle(f"{table}: test {metric} (%) over epochs, mean ± std over seeds of {runs_shown(shown)}")
     _legend(fig, list(grid.values()))
     return _save(fig, save)
 
@@ -288,8 +303,7 @@ def plot_per_class_accuracy(runs: pd.DataFrame, epochs: pd.DataFrame | None = No
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(column_label(rho, q), fontsize="medium")
         ax.grid(alpha=0.3, which="both")
-    fig.suptitle(f"{table}: per-class test accuracy at the last epoch against class size "
-                 f"(statuses {', '.join(statuses)})")
+    fig.suptitle(f"{table}: per-class test accuracy at the last epoch against class size, {runs_shown(sel)}")
     _legend(fig, list(grid.values()))
     return _save(fig, save)
 

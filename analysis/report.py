@@ -1,8 +1,11 @@
-"""`python -m analysis.report SWEEP_DIR [SWEEP_DIR ...] --out REPORT_DIR [--best]`: every table and figure.
+"""`python -m analysis.report SWEEP_DIR [SWEEP_DIR ...] --out REPORT_DIR [--best] [--notebook]`: every table and
+figure.
 
-Writes into REPORT_DIR: `tables.md` (all tables, Markdown), `tables.tex` (the same, LaTeX), one PNG per
-figure, and `README.md` (an index: run counts, links, the figures inline). Prints each path it wrote.
-An unreadable sweep exits with status 2 and a one-line message, without a traceback.
+Writes into REPORT_DIR: `report.html` (one self-contained page to open in a browser: the sweep's settings, run
+counts, failures, every table and every figure inline), `tables.md` (all tables, Markdown), `tables.tex` (the same,
+LaTeX), one PNG per figure, and `README.md` (an index: run counts, links, the figures inline). `--notebook` also
+executes analysis/paper_tables.ipynb on the sweep and exports it as `notebook.html` (nbconvert). Prints each path
+it wrote. An unreadable sweep exits with status 2 and a one-line message, without a traceback.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import plots, tables
-from analysis.load import Sweep, SweepLoadError, load_sweep
+from analysis.load import Sweep, SweepLoadError, load_sweep, read_manifest
 from analysis.methods import DEFAULT_ORACLE_MODE, ORACLE_SUFFIX
-from analysis.render import to_latex, to_markdown
+from analysis.render import to_html, to_latex, to_markdown
 
 
 def _slug(name: str) -> str:
@@ -100,7 +103,114 @@ def write_report(sweep: Sweep | str | os.PathLike | Sequence[str | os.PathLike],
         index.append("## Figures not drawn\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
     (out / "README.md").write_text("\n".join(index), encoding="utf-8")
     written.append(out / "README.md")
+    html = report_html(data, named, figures, notes, head=f"Top-1 {when}; the README's Oracle-LA row is compared "
+                       f"with mode {paper_oracle_mode!r}.")
+    (out / "report.html").write_text(html, encoding="utf-8")
+    written.insert(0, out / "report.html")
     return written
+
+
+# One page, no external files: the figures are inlined as base64 PNG so the page can be mailed or archived alone.
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
+<style>
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 0.3em; font-size: 0.85em; }
+th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: right; vertical-align: top; }
+th { background: #f3f3f3; text-align: left; }
+p.caption { font-size: 0.8em; color: #555; max-width: 60em; }
+img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0 1.5em; }
+nav li { font-size: 0.9em; }
+.failed { color: #a00; }
+</style></head>
+<body>
+<h1>{{ title }}</h1>
+<p>Source: {{ sources }}. {{ head }}</p>
+<p>Runs: {{ status }}.</p>
+<nav><ul>
+<li><a href="#settings">Sweep settings</a></li>
+<li><a href="#failures">Failures</a></li>
+{% for key, name, _ in tables %}<li><a href="#{{ key }}">{{ name }}</a></li>
+{% endfor %}{% for key, name, _ in figures %}<li><a href="#{{ key }}">Figure: {{ name }}</a></li>
+{% endfor %}</ul></nav>
+<h2 id="settings">Sweep settings</h2>
+{% for block in settings %}{{ block }}
+{% else %}<p>No sweep.json next to the Parquet files: the run settings are unknown.</p>
+{% endfor %}
+<h2 id="failures">Failures</h2>
+{% if failures %}{{ failures }}{% else %}<p>No run failed.</p>{% endif %}
+<h2>Tables</h2>
+{% for key, _, table in tables %}<section id="{{ key }}">{{ table }}</section>
+{% endfor %}
+<h2>Figures</h2>
+{% for key, name, src in figures %}<section id="{{ key }}"><h3>{{ name }}</h3>
+<img alt="{{ name }}" src="data:image/png;base64,{{ src }}"></section>
+{% endfor %}
+{% if notes %}<h2>Figures not drawn</h2><ul>{% for n in notes %}<li>{{ n }}</li>{% endfor %}</ul>{% endif %}
+</body></html>
+"""
+
+
+def report_html(data: Sweep, named: list[tuple[str, pd.DataFrame]], figures: list[Path], notes: list[str],
+                head: str = "") -> str:
+    """The self-contained HTML page: settings, run counts, failures, every table, every figure inline."""
+    import base64
+
+    import jinja2
+    import markupsafe
+
+    env = jinja2.Environment(autoescape=True)
+    # the tables are HTML already (pandas Styler, which escapes their text): mark them safe, escape the rest
+    safe = markupsafe.Markup
+    settings = []
+    for source in data.sources:
+        manifest = read_manifest(source)
+        if manifest is None:
+            continue
+        values = {"sweep": source, "cells": len(manifest.get("cells", [])), **manifest.get("settings", {})}
+        frame = pd.DataFrame({"value": [str(v) for v in values.values()]}, index=pd.Index(list(values), name="setting"))
+        settings.append(safe(to_html(frame)))
+    tables = [(key, df.attrs.get("title", key), safe(to_html(df))) for key, df in named if key != "failures"]
+    failed = [df for key, df in named if key == "failures"]
+    status = data.runs["status"].astype(str).value_counts()
+    images = [(f"figure-{p.stem}", p.stem, base64.b64encode(p.read_bytes()).decode("ascii")) for p in figures]
+    return env.from_string(_PAGE).render(
+        title="Sweep report", sources=", ".join(data.sources), head=head,
+        status=", ".join(f"{n} {s}" for s, n in status.items()) + f" ({len(data.runs)} in all)",
+        settings=settings, failures=safe(to_html(failed[0])) if failed else None, tables=tables, figures=images,
+        notes=notes)
+
+
+def write_notebook_html(sweep_dirs: Sequence[str], out_dir: str | os.PathLike, timeout_s: int = 600) -> Path:
+    """Execute analysis/paper_tables.ipynb on the sweep(s) and export it, outputs included, as notebook.html."""
+    try:
+        import nbformat
+        from nbclient import NotebookClient
+        from nbclient.exceptions import CellExecutionError
+        from nbconvert import HTMLExporter
+    except ImportError as err:
+        raise OSError(f"--notebook needs nbformat, nbclient and nbconvert ({err}); pip install -e '.[notebook]'") \
+            from None
+    if len(sweep_dirs) != 1:
+        raise OSError(f"--notebook reads one sweep folder (RECORDS_SWEEP_DIR), got {len(sweep_dirs)}")
+    nb = nbformat.read(Path(__file__).with_name("paper_tables.ipynb"), as_version=4)
+    previous = os.environ.get("RECORDS_SWEEP_DIR")
+    os.environ["RECORDS_SWEEP_DIR"] = str(sweep_dirs[0])
+    try:
+        NotebookClient(nb, timeout=timeout_s, kernel_name="python3",
+                       resources={"metadata": {"path": str(out_dir)}}).execute()
+    except CellExecutionError as err:
+        last = [line for line in str(err).splitlines() if line.strip()][-1:] or ["?"]
+        raise OSError(f"the notebook failed on {sweep_dirs[0]}: {last[0]}") from None
+    finally:
+        if previous is None:
+            os.environ.pop("RECORDS_SWEEP_DIR", None)
+        else:
+            os.environ["RECORDS_SWEEP_DIR"] = previous
+    body, _ = HTMLExporter().from_notebook_node(nb)  # images are embedded as data URIs by default
+    path = Path(out_dir) / "notebook.html"
+    path.write_text(body, encoding="utf-8")
+    return path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -112,9 +222,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="tables use the best epoch's top-1 (selected on the test set) instead of the last")
     parser.add_argument("--oracle-mode", default=DEFAULT_ORACLE_MODE, choices=sorted(ORACLE_SUFFIX),
                         help="the Oracle-LA mode compared with the README's 'CORR + Oracle-LA' row")
+    parser.add_argument("--notebook", action="store_true",
+                        help="also execute analysis/paper_tables.ipynb on the sweep and export it as notebook.html")
     args = parser.parse_args(argv)
     try:
         written = write_report(args.sweep_dirs, args.out, best=args.best, paper_oracle_mode=args.oracle_mode)
+        if args.notebook:
+            written.append(write_notebook_html(args.sweep_dirs, args.out))
     except (SweepLoadError, OSError) as err:
         # Bad input is the user's to fix: one line, no traceback.
         print(f"error: {err}", file=sys.stderr)

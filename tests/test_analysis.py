@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import statistics
 import subprocess
@@ -329,19 +330,65 @@ def test_plots_write_png(frames, tmp_path):
     for name, fig in made.items():
         assert isinstance(fig, Figure)
         assert _is_png(tmp_path / f"{name}.png"), name
+    # titles say which runs are drawn, not which filter was applied
+    shown = runs[(runs["dataset"] == "cifar10") & runs["status"].isin(["finished", "running"])]
+    counts = shown["status"].value_counts()
+    title = made["acc"]._suptitle.get_text()
+    assert "statuses" not in title and title.endswith(
+        f"of {len(shown)} runs: {counts['finished']} finished, {counts['running']} running (epochs so far)"), title
+    finished = (runs["dataset"] == "cifar10") & (runs["status"] == "finished")
+    assert made["per_class"]._suptitle.get_text().endswith(f", {finished.sum()} finished runs")
     with pytest.raises(ValueError, match="prior_est"):
         plot_prior_estimate(runs[~runs["records"]], epochs, dataset_table="CIFAR-100-LT-NU")
 
 
-def test_report_command(sweep_dir, tmp_path, capsys):
-    out = tmp_path / "report"
-    assert report_main([str(sweep_dir), "--out", str(out), "--best"]) == 0
-    printed = capsys.readouterr().out
-    for name in ("tables.md", "tables.tex", "README.md", "runtime.png", "prior-cifar-10-lt.png"):
+@pytest.fixture(scope="module")
+def best_report(sweep_dir, tmp_path_factory) -> tuple[Path, str]:
+    """The report command's output folder on the fixture sweep (--best), and what it printed."""
+    import contextlib
+    import io
+
+    out, printed = tmp_path_factory.mktemp("report") / "report", io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert report_main([str(sweep_dir), "--out", str(out), "--best"]) == 0
+    return out, printed.getvalue()
+
+
+def test_report_command(best_report):
+    out, printed = best_report
+    for name in ("report.html", "tables.md", "tables.tex", "README.md", "runtime.png", "prior-cifar-10-lt.png"):
         assert (out / name).exists() and f"wrote {out / name}" in printed
     assert all(_is_png(p) for p in out.glob("*.png")) and len(list(out.glob("*.png"))) == 10
     md = (out / "tables.md").read_text()
     assert "selected on the test set" in md and "failed ×2" in md and "no published table for CIFAR-100-LT-NU" in md
+
+
+def _chromium() -> str | None:
+    return next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome", "chrome"))), None)
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no Chromium on PATH (chromium, chromium-browser, google-chrome); "
+                    ".ci/run installs it with apt where it can")
+def test_report_html_renders_in_a_headless_browser(best_report, tmp_path):
+    import base64
+
+    from PIL import Image
+
+    out, _ = best_report
+    page = (out / "report.html").as_uri()
+    browser = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*browser, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
+    assert "<h1>Sweep report</h1>" in dom and "CUDA out of memory" in dom  # the page loaded, failures shown
+    tables = (out / "tables.md").read_text().count("\n|---")  # one separator row per Markdown table
+    assert dom.count("<table") == tables >= 10  # every table of the report, as a table element
+    figures = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([^"]+)"', dom)
+    assert sorted(alt for alt, _ in figures) == sorted(p.stem for p in out.glob("*.png"))  # every figure, inline
+    assert all(base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n" for _, data in figures)
+    shot = tmp_path / "shot.png"
+    subprocess.run([*browser, "--hide-scrollbars", "--window-size=1280,1600", f"--screenshot={shot}", page],
+                   capture_output=True, timeout=120)
+    with Image.open(shot) as image:  # something was drawn: text and table rules, not a blank page
+        assert image.size == (1280, 1600) and len(image.convert("L").getcolors(256 * 256) or []) > 20
 
 
 def test_report_bad_input_exits_cleanly(sweep_dir, tmp_path):

@@ -107,28 +107,22 @@ def test_smoke_sweep_writes_complete_parquet(smoke_sweep):
 
 def test_analysis_report_and_notebook_on_the_smoke_sweep(smoke_sweep, tmp_path):
     import nbformat
-    from nbclient import NotebookClient
 
     sweep, _ = smoke_sweep
-    report = subprocess.run([sys.executable, "-m", "analysis.report", str(sweep), "--out", str(tmp_path / "report")],
-                            capture_output=True, text=True, timeout=300)
+    nb = nbformat.read(ROOT / "analysis" / "paper_tables.ipynb", as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")  # committed without outputs
+    report = subprocess.run([sys.executable, "-m", "analysis.report", str(sweep), "--out", str(tmp_path / "report"),
+                             "--notebook"], capture_output=True, text=True, timeout=400)
     assert report.returncode == 0, report.stderr
     pngs = list((tmp_path / "report").glob("*.png"))
     assert pngs and all(p.stat().st_size > 1000 for p in pngs)
     tables = (tmp_path / "report" / "tables.md").read_text()
     assert "CIFAR-10-LT" in tables and "CORR + RECORDS (w/ Mixup)" in tables and "SoLar (w/ Mixup)" in tables
-
-    nb = nbformat.read(ROOT / "analysis" / "paper_tables.ipynb", as_version=4)
-    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")  # committed without outputs
-    os.environ["RECORDS_SWEEP_DIR"] = str(sweep)
-    try:
-        client = NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
-        client.execute()
-    finally:
-        del os.environ["RECORDS_SWEEP_DIR"]
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-    assert not errors
-    assert any(o.get("data", {}).get("image/png") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "finished" in page and page.count("data:image/png;base64,") == len(pngs)
+    # the notebook ran on the sweep without an error (the command fails otherwise) and kept its figures
+    notebook = (tmp_path / "report" / "notebook.html").read_text()
+    assert "data:image/png;base64," in notebook and "CIFAR-10-LT" in notebook
 
 
 # --- a killed driver, resumed ------------------------------------------------------------------------------------
