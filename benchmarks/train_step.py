@@ -3,10 +3,13 @@
     python benchmarks/train_step.py                              # everything (long for ResNet-18 on a CPU)
     python benchmarks/train_step.py --archs small-cnn --batches 64 --steps 5
     python benchmarks/train_step.py --memory-only
+    python benchmarks/train_step.py --archs small-cnn --methods records --augments pil tensor
+
 
 For each architecture, batch size and precision it prints training samples per second:
   * floor: the bare model's fwd+bwd+SGD step on random tensors of the step's shape (2 or 4 views per sample);
-  * pipeline: the data loader alone (decode-free uint8 arrays -> weak and strong views), at the configured workers;
+  * pipeline: the data loader alone (decode-free uint8 arrays -> weak and strong views), at the configured workers
+    for augment=pil; the device-resident batches (plan + tensor views, in the training process) for augment=tensor;
   * step: the real method step (CIFAR-10-LT rho=100 q=0.3 from --data-root, loader, normalisation, forward, loss,
     disambiguation, backward, SGD), in epoch 1, so the confidence update and the mixup loss are on;
 and the step/floor time ratio. Figures on a shared machine are noisy: compare ratios from one run.
@@ -32,7 +35,7 @@ from procmem import run_monitored  # noqa: E402
 
 from trainables.comm import Comm  # noqa: E402
 from trainables.config import TrialConfig  # noqa: E402
-from trainables.data.loaders import build_dataset, make_train_loader  # noqa: E402
+from trainables.data.loaders import build_dataset, make_train_batches  # noqa: E402
 from trainables.loop import EVAL_BATCH, build_optimizer, evaluate, to_device_images, train_steps  # noqa: E402
 from trainables.methods import create_method  # noqa: E402
 from trainables.models import ModelHandle, create_model  # noqa: E402
@@ -48,9 +51,14 @@ VARIANTS = {
 FLOOR_CHUNKS = {"corr": (2.0,), "records": (2.0,), "records+mixup": (4.0,), "solar": (1.0, 1.0)}
 
 
-def cell(arch: str, batch: int, precision: str, variant: str) -> TrialConfig:
+def cell(arch: str, batch: int, precision: str, variant: str, augment: str = "pil") -> TrialConfig:
     return TrialConfig(dataset="cifar10", rho=100, q=0.3, arch=arch, batch_size=batch, precision=precision,
-                       **VARIANTS[variant])
+                       augment=augment, **VARIANTS[variant])
+
+
+def train_batches(data, cfg: TrialConfig, workers: int):
+    """The run's training batches on the CPU: the loader with `workers` processes (pil) or none (tensor)."""
+    return make_train_batches(data, cfg, workers if cfg.augment == "pil" else 0, torch.device("cpu"))
 
 
 def timed(step, batch: int, warmup: int, min_steps: int, min_seconds: float) -> float:
@@ -91,7 +99,7 @@ def _endless(loader, sampler):
 
 
 def pipeline_step(data, cfg: TrialConfig, workers: int):
-    loader, sampler = make_train_loader(data, cfg, workers)
+    loader, sampler = train_batches(data, cfg, workers)
     batches = _endless(loader, sampler)
 
     def step():
@@ -122,7 +130,7 @@ def method_step(data, cfg: TrialConfig, workers: int):
         g = torch.Generator().manual_seed(1)
         method.queue = torch.softmax(torch.randn(method.queue.shape, generator=g), 1)
         method.queue_rows = len(method.queue)
-    loader, sampler = make_train_loader(data, cfg, workers)
+    loader, sampler = train_batches(data, cfg, workers)
     batches = _endless(loader, sampler)
 
     def step():
@@ -140,17 +148,20 @@ def method_step(data, cfg: TrialConfig, workers: int):
 
 def throughput(args) -> None:
     rows = []
-    header = (f"{'arch':<10}{'batch':>6} {'prec':<5} {'method':<14}{'step/s':>9}{'floor/s':>9}{'step/floor':>11}"
-              f"{'pipeline/s':>12}")
+    header = (f"{'arch':<10}{'batch':>6} {'prec':<5} {'method':<14}{'views':<7}{'step/s':>9}{'floor/s':>9}"
+              f"{'step/floor':>11}{'pipeline/s':>12}")
     print(header, flush=True)
     budget = dict(warmup=args.warmup, min_steps=args.steps, min_seconds=args.min_seconds)
     for arch, batch in itertools.product(args.archs, args.batches):
         data = build_dataset(cell(arch, batch, "fp32", "corr"), args.data_root)
-        pipe_step = pipeline_step(data, cell(arch, batch, "fp32", "corr"), args.workers)
-        pipe = timed(pipe_step, batch, **budget)
-        _release(pipe_step)
-        for precision, variant in itertools.product(args.precisions, args.methods):
-            cfg = cell(arch, batch, precision, variant)
+        pipes = {}
+        for augment in args.augments:
+            pipe_step = pipeline_step(data, cell(arch, batch, "fp32", "corr", augment), args.workers)
+            pipes[augment] = timed(pipe_step, batch, **budget)
+            _release(pipe_step)
+        for precision, variant, augment in itertools.product(args.precisions, args.methods, args.augments):
+            cfg = cell(arch, batch, precision, variant, augment)
+            pipe = pipes[augment]
             step, reliable_share = method_step(data, cfg, args.workers)
             rates, floors = [], []
             for _ in range(args.repeats):  # alternate step and floor, so a drifting machine hits both alike
@@ -160,9 +171,10 @@ def throughput(args) -> None:
             _release(step)
             rate, floor = statistics.median(rates), statistics.median(floors)
             ratio = statistics.median(f / r for f, r in zip(floors, rates))
-            rows.append((arch, batch, precision, variant, rate, floor, pipe))
-            print(f"{arch:<10}{batch:>6} {precision:<5} {variant:<14}{rate:>9.1f}{floor:>9.1f}{ratio:>11.2f}"
-                  f"{pipe:>12.0f}", flush=True)
+            if augment == args.augments[0]:  # the summaries below compare one augment path
+                rows.append((arch, batch, precision, variant, rate, floor, pipe))
+            print(f"{arch:<10}{batch:>6} {precision:<5} {variant:<14}{augment:<7}{rate:>9.1f}{floor:>9.1f}"
+                  f"{ratio:>11.2f}{pipe:>12.0f}", flush=True)
     if "bf16" in args.precisions and "fp32" in args.precisions:
         print("\nbf16 / fp32 step speed-up")
         fp32 = {(a, b, m): r for a, b, p, m, r, _, _ in rows if p == "fp32"}
@@ -182,23 +194,25 @@ def memory_probe(args) -> None:
     """Peak resident memory of one ResNet-18 CIFAR-10-LT run: data, model, a full test pass and training steps with
     the loader workers, the process tree sampled every 100 ms (run in a fresh process)."""
     cmd = [sys.executable, __file__, "--_memory-child", "--data-root", args.data_root, "--workers", str(args.workers),
-           "--memory-steps", str(args.memory_steps), "--precisions", *args.precisions]
+           "--memory-steps", str(args.memory_steps), "--precisions", *args.precisions, "--augments", args.augments[0]]
     _, peak_rss, peak_pss, returncode = run_monitored(cmd, interval=0.1)
     if returncode:
         raise SystemExit(f"memory probe failed ({returncode})")
-    print(f"peak memory of the run's process tree (main + {args.workers} loader worker): {peak_pss:.2f} GiB "
+    workers = args.workers if args.augments[0] == "pil" else 0
+    print(f"peak memory of the run's process tree ({args.augments[0]} views, main + {workers} loader worker): "
+          f"{peak_pss:.2f} GiB "
           f"PSS (shared pages counted once; target < 4 GiB), {peak_rss:.2f} GiB as a plain sum of RSS")
 
 
 def _memory_child(args) -> None:
-    cfg = cell("resnet18", 256, args.precisions[0], "records")
+    cfg = cell("resnet18", 256, args.precisions[0], "records", args.augments[0])
     data = build_dataset(cfg, args.data_root)
     device = torch.device("cpu")
     net = create_model("resnet18", 10, seed=cfg.seed, precision=cfg.precision)
     model = ModelHandle(net, cfg.precision)
     optimizer, _ = build_optimizer(cfg, net)
     method = create_method(cfg, torch.from_numpy(data.train.candidates), data.train.counts, device, Comm())
-    loader, sampler = make_train_loader(data, cfg, args.workers)
+    loader, sampler = train_batches(data, cfg, args.workers)
     sampler.set_epoch(1)
     train_steps(model, method, optimizer, itertools.islice(iter(loader), args.memory_steps), data.train_norm, device,
                 1)
@@ -218,7 +232,9 @@ def main() -> None:
     p.add_argument("--min-seconds", type=float, default=6.0, help="and at least this long")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=2, help="alternating step/floor measurements; medians reported")
-    p.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
+    p.add_argument("--workers", type=int, default=1, help="DataLoader worker processes (augment=pil)")
+    p.add_argument("--augments", nargs="+", default=["pil", "tensor"], choices=["pil", "tensor"],
+                   help="view implementations to measure (the memory probe uses the first)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--data-root", default=os.environ.get("RECORDS_DATA_ROOT", "../shared/data"))
     p.add_argument("--memory-only", action="store_true")

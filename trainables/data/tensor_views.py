@@ -43,8 +43,9 @@ def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def _div(a: torch.Tensor | float, b: torch.Tensor | float) -> torch.Tensor:
     """Correctly rounded a / b. torch computes scalar / tensor as reciprocal times scalar, and tensor / scalar as
     tensor times the scalar's reciprocal: both can be 1 ulp off the C division PIL does."""
-    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
-    a, b = torch.broadcast_tensors(a, b.to(a.device))
+    device = a.device if isinstance(a, torch.Tensor) else b.device
+    a, b = (torch.as_tensor(t, dtype=torch.float64, device=device) for t in (a, b))
+    a, b = torch.broadcast_tensors(a, b)
     return torch.div(a, b.contiguous())
 
 

@@ -1,0 +1,102 @@
+"""The GPU check of the tensor views: ResNet-18, bf16 + channels_last, batch 256, CORR+RECORDS on CIFAR-10-LT.
+
+    python benchmarks/gpu_views.py --data-root ../shared/data                  # on a GPU node
+    python benchmarks/gpu_views.py --device cpu --steps 2 --arch small-cnn     # smoke test of the script
+
+Prints training samples/s of the full step (views, normalisation, forward, loss, backward, SGD):
+  1. augment=pil with as many DataLoader workers as the node has cores (pinned memory), against
+  2. augment=tensor (training set on the device, no workers);
+  3. then 1, 2 and 4 tensor trials sharing the device (separate processes started together), total samples/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from trainables.comm import Comm  # noqa: E402
+from trainables.config import TrialConfig  # noqa: E402
+from trainables.data.loaders import build_dataset, make_train_batches  # noqa: E402
+from trainables.loop import build_optimizer, train_steps  # noqa: E402
+from trainables.methods import create_method  # noqa: E402
+from trainables.models import ModelHandle, create_model  # noqa: E402
+
+
+def measure(args, augment: str, workers: int) -> float:
+    """Samples/s of the real step, after `--warmup` steps, over `--steps` steps (synchronised at both ends)."""
+    device = torch.device(args.device)
+    cfg = TrialConfig(dataset="cifar10", rho=100, q=0.3, records=True, arch=args.arch, batch_size=args.batch,
+                      precision=args.precision, augment=augment)
+    data = build_dataset(cfg, args.data_root)
+    net = create_model(cfg.arch, 10, seed=cfg.seed, device=device, precision=cfg.precision)
+    model = ModelHandle(net, cfg.precision)
+    optimizer, _ = build_optimizer(cfg, net)
+    method = create_method(cfg, torch.from_numpy(data.train.candidates), data.train.counts, device, Comm())
+    method.enter_stage("train", fresh=True)
+    batches, sampler = make_train_batches(data, cfg, workers, device)
+
+    def endless():
+        for epoch in itertools.count(1):
+            sampler.set_epoch(epoch)
+            yield from batches
+
+    stream = endless()
+    train_steps(model, method, optimizer, itertools.islice(stream, args.warmup), data.train_norm, device, 1)
+    t0 = time.perf_counter()  # train_steps synchronises CUDA at its end
+    train_steps(model, method, optimizer, itertools.islice(stream, args.steps), data.train_norm, device, 1)
+    return args.steps * args.batch / (time.perf_counter() - t0)
+
+
+def shared(args, trials: int) -> float:
+    """Total samples/s of `trials` tensor trials in separate processes on the same device."""
+    cmd = [sys.executable, __file__, "--_child", "--device", args.device, "--data-root", args.data_root,
+           "--arch", args.arch, "--batch", str(args.batch), "--precision", args.precision,
+           "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(trials)]
+    outs = [proc.communicate()[0] for proc in procs]
+    if any(proc.returncode for proc in procs):
+        raise SystemExit(f"a shared-device trial failed: {[proc.returncode for proc in procs]}")
+    return sum(json.loads(out.strip().splitlines()[-1])["samples_per_s"] for out in outs)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--data-root", default=os.environ.get("RECORDS_DATA_ROOT", "../shared/data"))
+    p.add_argument("--arch", default="resnet18", choices=["resnet18", "small-cnn"])
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+    p.add_argument("--steps", type=int, default=50, help="timed steps per measurement")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="loader workers of the pil run")
+    p.add_argument("--trials", type=int, nargs="+", default=[1, 2, 4], help="tensor trials sharing the device")
+    p.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args._child:
+        print(json.dumps({"samples_per_s": measure(args, "tensor", 0)}), flush=True)
+        return
+    name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "CPU"
+    print(f"{args.arch} {args.precision} batch {args.batch}, CORR+RECORDS, {args.steps} steps on {name}; "
+          f"{os.cpu_count()} CPU cores", flush=True)
+    pil = measure(args, "pil", args.workers)
+    print(f"pil, {args.workers} loader workers: {pil:10.0f} samples/s", flush=True)
+    tensor = measure(args, "tensor", 0)
+    print(f"tensor, no workers:{'':8}{tensor:10.0f} samples/s ({tensor / pil:.2f}x pil)", flush=True)
+    for trials in args.trials:
+        total = shared(args, trials)
+        print(f"{trials} tensor trial(s) sharing the device: {total:10.0f} samples/s in total "
+              f"({total / trials:.0f} each)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
