@@ -91,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--img-max", type=int, default=1666, help="head-class size (5000 = the full CIFAR-10-LT)")
-    p.add_argument("--test-per-class", type=int, default=500)
+    p.add_argument("--img-max", type=int, default=800, help="head-class size (5000 = the full CIFAR-10-LT)")
+    p.add_argument("--test-per-class", type=int, default=200)
     p.add_argument("--workers", type=int, default=1, help="loader workers of the pil runs")
     p.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS), help="paths to run (the table shows both)")
     p.add_argument("--max-runs", type=int, default=None, help="stop after this many runs (a chunk)")
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs < 10:
         p.error(f"--epochs={args.epochs}: the check needs at least 10")
     if not args.table_only:
-        todo = [(path, s) for path in args.paths for s in args.seeds
+        todo = [(path, s) for s in args.seeds for path in args.paths
                 if final_top1(Path(args.out) / f"{path}-seed{s}", args.epochs) is None]
         for path, seed in todo[:args.max_runs]:
             run_one(path, seed, args)

@@ -114,10 +114,13 @@ def resized_crop_flip(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Te
     dtype = torch.float64 if dev.type == "cuda" and torch.backends.cuda.matmul.allow_tf32 else torch.float32
     cols = _resample_matrix(*_resample_taps(boxes[:, 1], boxes[:, 3], flips), dtype).to(dev, non_blocking=True)
     rows = _resample_matrix(*_resample_taps(boxes[:, 0], boxes[:, 2], None), dtype).to(dev, non_blocking=True)
+    size = IMAGE_SIZE
+    # Rows outermost ([n, h, c, w]), so both passes are plain batched products of contiguous operands.
+    x = images.permute(0, 2, 1, 3).to(dtype).reshape(n, size * 3, size)
     # Horizontal pass first, rounded to 8 bits, then the vertical pass: PIL's order and rounding.
-    x = _rounded_pass(torch.bmm(images.reshape(n, 3 * IMAGE_SIZE, IMAGE_SIZE).to(dtype), cols.transpose(1, 2)))
-    x = _rounded_pass(torch.matmul(rows[:, None], x.view(n, 3, IMAGE_SIZE, IMAGE_SIZE)))
-    return x.to(torch.uint8)
+    x = _rounded_pass(torch.bmm(x, cols.transpose(1, 2)))  # [n, (h, c), w]
+    x = _rounded_pass(torch.bmm(rows, x.view(n, size, 3 * size)))  # [n, h', (c, w)]
+    return x.view(n, size, 3, size).permute(0, 2, 1, 3).to(torch.uint8)
 
 
 # ---------------------------------------------------------------------------------------------- colour ops
@@ -203,49 +206,38 @@ def _hsv_to_rgb(uh: torch.Tensor, us: torch.Tensor, v: torch.Tensor) -> torch.Te
 
 
 @functools.cache
-def _hsv_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Lookup tables that replace PIL's per-pixel HSV arithmetic, built once per device from the code above:
-
-    - hue_of[branch, a, b] (uint8, 3 x 256 x 256): H depends only on which channel is the maximum (PIL's branch
-      order: r, then g, then b) and on the two other channels' distances a, b below it (in r, g, b order);
-    - sat_of[v, v - min] (uint8, 256 x 256): S;
-    - rgb_of[h, s, v] (int32, 2^24 entries, 64 MiB): hsv2rgb's r | g << 8 | b << 16.
-    """
+def _hsv_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """PIL's two HSV conversions as lookup tables over all 2^24 inputs (int32, 64 MiB each), built once per
+    device from the code above: rgb2hsv[r << 16 | g << 8 | b] = H << 16 | S << 8 | V and
+    hsv2rgb[H << 16 | S << 8 | V] = R | G << 8 | B << 16. Two table lookups per pixel cost far less than PIL's
+    float/double arithmetic spelled out in tensor ops (most of the views' time otherwise)."""
     d = torch.arange(256, dtype=torch.int32)
-    a, b = d.view(256, 1).expand(256, 256), d.view(1, 256).expand(256, 256)
-    top = torch.full_like(a, 255)
-    hue_of = torch.stack([
-        _rgb_to_hsv(top, top - a, top - b)[0],  # r is the maximum
-        _rgb_to_hsv(top - a, top, top - b)[0],  # g is (a > 0: r is below it)
-        _rgb_to_hsv(top - a, top - b, top)[0],  # b is (a, b > 0)
-    ]).to(torch.uint8)
-    v, spread = d.view(256, 1).expand(256, 256), d.view(1, 256).expand(256, 256)
-    sat_of = _rgb_to_hsv(v, (v - spread).clamp_min(0), v)[1].to(torch.uint8)
-    rgb_of = torch.empty(256, 256, 256, dtype=torch.int32)
-    h, s = d.view(256, 1).expand(256, 256), d.view(1, 256).expand(256, 256)
-    for value in range(256):  # in 256 slices: the float64 temporaries of all 2^24 at once would need GiBs
-        rgb = _hsv_to_rgb(h, s, torch.full_like(h, value))
-        rgb_of[:, :, value] = rgb[..., 0] | (rgb[..., 1] << 8) | (rgb[..., 2] << 16)
-    return hue_of.to(device).view(-1), sat_of.to(device).view(-1), rgb_of.to(device).view(-1)
+    mid, low = d.view(256, 1).expand(256, 256), d.view(1, 256).expand(256, 256)
+    to_hsv = torch.empty(256, 256, 256, dtype=torch.int32)
+    to_rgb = torch.empty(256, 256, 256, dtype=torch.int32)
+    for top in range(256):  # in 256 slices: the float64 temporaries of all 2^24 at once would need GiBs
+        first = torch.full_like(mid, top)
+        h, s = _rgb_to_hsv(first, mid, low)
+        to_hsv[top] = (h << 16) | (s << 8) | torch.maximum(torch.maximum(first, mid), low)
+        rgb = _hsv_to_rgb(first, mid, low)
+        to_rgb[top] = rgb[..., 0] | (rgb[..., 1] << 8) | (rgb[..., 2] << 16)
+    return to_hsv.to(device).view(-1), to_rgb.to(device).view(-1)
 
 
 def hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """torchvision's adjust_hue on PIL: RGB -> PIL's 8-bit HSV, H += int(factor * 255) mod 256, HSV -> RGB,
-    through the tables of `_hsv_tables` (pixel for pixel PIL's arithmetic, a few integer ops per pixel)."""
-    hue_of, sat_of, rgb_of = _hsv_tables(x.device)
-    r, g, b = (x[:, c].to(torch.int32) for c in range(3))
-    v = torch.maximum(torch.maximum(r, g), b)
-    spread = v - torch.minimum(torch.minimum(r, g), b)
-    r_top, g_top = r == v, g == v
-    branch = torch.where(r_top, 0, torch.where(g_top, 1, 2))
-    a = torch.where(r_top, v - g, v - r)
-    b_ = torch.where(branch == 2, v - g, v - b)
-    uh = hue_of[(branch << 16) | (a << 8) | b_].to(torch.int32)
-    us = sat_of[(v << 8) | spread].to(torch.int32)
-    # np.int32(factor * 255) truncates toward zero; adding it to the uint8 H wraps mod 256.
-    shift = (factor.to(torch.float64) * 255.0).to(torch.int32).to(x.device, non_blocking=True).view(-1, 1, 1)
-    packed = rgb_of[(((uh + shift) & 255) << 16) | (us << 8) | v]
-    return torch.stack([packed & 255, (packed >> 8) & 255, packed >> 16], dim=1).to(torch.uint8)
+    through the tables of `_hsv_tables` (pixel for pixel PIL's arithmetic)."""
+    to_hsv, to_rgb = _hsv_tables(x.device)
+    n = len(x)
+    c = x.to(torch.int32)
+    packed = (c[:, 0] << 16) | (c[:, 1] << 8) | c[:, 2]
+    hsv = to_hsv.index_select(0, packed.view(-1))
+    # np.int32(factor * 255) truncates toward zero; adding it to the uint8 H wraps mod 256 (here: mod 2^24 of
+    # the packed H << 16 | S << 8 | V).
+    shift = ((factor.to(torch.float64) * 255.0).to(torch.int32) << 16).to(x.device, non_blocking=True)
+    hsv = (hsv.view(n, -1) + shift[:, None]) & 0xFFFFFF
+    rgb = to_rgb.index_select(0, hsv.view(-1)).view(n, 1, *x.shape[2:])
+    return torch.cat([rgb & 255, (rgb >> 8) & 255, rgb >> 16], dim=1).to(torch.uint8)
 
 
 # --------------------------------------------------------------------------------------- lookup-table ops
