@@ -44,6 +44,9 @@ def report_tables(runs: pd.DataFrame, *, best: bool = False,
         raw = tables.raw_vs_adjusted(runs, table, **kw)
         if not raw.empty:
             out.append((f"{s}-raw-vs-adjusted", raw))
+        gain = tables.records_gain(runs, table, **kw)
+        if not gain.empty:
+            out.append((f"{s}-records-gain", gain))
     return out
 
 

@@ -404,6 +404,60 @@ def raw_vs_adjusted(runs: pd.DataFrame, dataset_table: str, *, all_methods: bool
     return _decorate(_pivot(tidy, "cell", row_extra=["kind"]), title, caption, tidy)
 
 
+GAIN_KINDS = ("plain", "+ RECORDS", "gain (RECORDS − plain)")
+
+
+def records_gain_tidy(runs: pd.DataFrame, dataset_table: str | None = None, *, metric: str = "top1",
+                      paper_oracle_mode: str = DEFAULT_ORACLE_MODE,
+                      average_over: Sequence[str] = DEFAULT_AVERAGE_OVER) -> pd.DataFrame:
+    """What RECORDS adds to each PLL method: every +RECORDS run (without Mixup or Oracle-LA) is paired with the plain
+    run of the same method whose config differs only in `records`; per pair, the final metric of both and the gain.
+
+    Rows are named by the plain method ('CORR', 'PRODEN'); a pair counts as finished when both runs are. The gain is
+    computed per pair (same seed), then summarised, so its std is the paired std over seeds.
+    """
+    column = f"final_{metric}"
+    off = runs["mixup"].fillna(False).astype(bool) | runs["oracle_la"].notna()
+    base = runs[~off]
+    if dataset_table is not None:
+        base = base[[table_name(d, n) == dataset_table for d, n in zip(base["dataset"], base["nu"])]]
+    fields = [f for f in CONFIG_FIELDS if f in base.columns and f != "records"]
+    key = lambda row: tuple(_key(row[f]) for f in fields)
+    is_records = base["records"].fillna(False).astype(bool)
+    plain = {key(row): row for _, row in base[~is_records].iterrows()}
+    pairs = []
+    for _, rec in base[is_records].iterrows():
+        pl = plain.get(key(rec))
+        if pl is None:
+            continue
+        row = pl.copy()
+        statuses = (str(pl["status"]), str(rec["status"]))
+        row["status"] = next((s for s in statuses if s != "finished"), "finished")
+        row["_plain"], row["_records"] = pl[column], rec[column]
+        row["_gain"] = rec[column] - pl[column]
+        pairs.append(row)
+    if not pairs:
+        return pd.DataFrame()
+    sel = pd.DataFrame(pairs)
+    columns = list(zip(GAIN_KINDS, ("_plain", "_records", "_gain")))
+    return _stacked_stats(sel, columns, "kind", dataset_table, paper_oracle_mode, average_over)
+
+
+def records_gain(runs: pd.DataFrame, dataset_table: str, *, metric: str = "top1",
+                 paper_oracle_mode: str = DEFAULT_ORACLE_MODE,
+                 average_over: Sequence[str] = DEFAULT_AVERAGE_OVER) -> pd.DataFrame:
+    """Rows (method, kind: plain / + RECORDS / gain), columns ρ × q: the gain RECORDS brings to each method; empty
+    frame when the table has no method with both a plain and a +RECORDS run."""
+    tidy = records_gain_tidy(runs, dataset_table, metric=metric, paper_oracle_mode=paper_oracle_mode,
+                             average_over=average_over)
+    title = f"{dataset_table}: what RECORDS adds to each method, test {metric} (%) at the last epoch"
+    if tidy.empty:
+        return _decorate(pd.DataFrame(), title, "No method has both a plain and a +RECORDS run here.", tidy)
+    caption = (f"{_rule(tidy.attrs['row_keys'][dataset_table])} Each +RECORDS run is paired with the plain run "
+               "that differs only in records (same seed); gain per pair, then summarised.")
+    return _decorate(_pivot(tidy, "cell", row_extra=["kind"]), title, caption, tidy)
+
+
 def status_table(runs: pd.DataFrame, *, paper_oracle_mode: str = DEFAULT_ORACLE_MODE) -> pd.DataFrame:
     """Run counts per (dataset table, method) and status, with a total column."""
     from sweep.schema import RUN_STATUSES

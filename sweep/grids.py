@@ -76,6 +76,15 @@ PRESETS: dict[str, Grid] = {
         blocks=tuple({**b, "variant": PAPER_VARIANTS} for b in (_PAPER_CIFAR10, _PAPER_CIFAR100, _PAPER_CIFAR100_NU)),
         base=dict(arch="resnet18", epochs=800),
     ),
+    "plugins": Grid(
+        name="plugins",
+        description="RECORDS as a plug-in: {CORR, PRODEN} x {plain, +RECORDS} on the paper's three tables at the "
+        "paper's settings (800 epochs, ResNet-18); the report's records-gain table shows what RECORDS adds to each "
+        "method. PRODEN forwards one view per sample, so its cells cost about half of CORR's.",
+        blocks=tuple({**b, "variant": ("corr", "records", "proden", "proden+records")}
+                     for b in (_PAPER_CIFAR10, _PAPER_CIFAR100, _PAPER_CIFAR100_NU)),
+        base=dict(arch="resnet18", epochs=800),
+    ),
     "quick": Grid(
         name="quick",
         description="A CPU-sized slice: CIFAR-10-LT rho=100 q=0.3 with a third of each class (img_max 1666), "

@@ -262,3 +262,20 @@ def test_records_disambiguation_uses_the_estimated_prior():
     pw, ps = F.softmax(logits[:16] - lp, 1), F.softmax(logits[16:] - lp, 1)
     g = torch.sqrt(pw * ps) * s[idx]
     torch.testing.assert_close(method.confidences[idx], g / g.sum(1, keepdim=True), rtol=1e-4, atol=1e-6)
+
+
+def test_faithful_corr_loss_replays_the_reference_gradient_bit_for_bit():
+    """Where a non-candidate's 1 - p is below ~1e-6 the reference's softmax(z) and exp(log_softmax(z)) give different
+    gradients of -log(|1 - p| + eps); faithful mode must take the reference's."""
+    z = torch.tensor([[20.0, 3.0, 0.0, -1.0], [0.5, 18.0, -2.0, 1.0]], requires_grad=True)
+    w = torch.tensor([[0.0, 0.5, 0.5, 0.0], [0.5, 0.0, 0.0, 0.5]])
+
+    def reference(z):  # the reference's neg term for one view
+        p = torch.softmax(z, 1)
+        return (-torch.log(torch.abs(1 - p) + 1e-9) * (w == 0)).sum(1).mean()
+
+    expected = torch.autograd.grad(2 * reference(z), z)[0]
+    neg, _ = corr_loss(z, z, w, faithful=True)
+    assert torch.equal(torch.autograd.grad(neg, z)[0], expected)
+    neg_default, _ = corr_loss(z, z, w)
+    assert not torch.equal(torch.autograd.grad(neg_default, z)[0], expected)  # the case is a real difference

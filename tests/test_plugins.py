@@ -63,3 +63,133 @@ def test_switches_a_method_does_not_implement_are_refused():
     # every variant the methods declare is a valid config of its method
     for name, fields in variants().items():
         assert TrialConfig(**fields).method == fields["method"], name
+
+
+def test_records_gain_table_pairs_each_records_run_with_its_plain_run():
+    import pandas as pd
+
+    from analysis.tables import records_gain, records_gain_tidy
+    from sweep.schema import RUNS_SCHEMA
+    from tests.analysis_fixtures import fixture_rows
+
+    runs = pd.DataFrame(fixture_rows()[0], columns=RUNS_SCHEMA.names)
+    tidy = records_gain_tidy(runs, "CIFAR-10-LT")
+    assert set(tidy["method"]) == {"CORR"}  # Mixup and Oracle-LA runs are not pairs
+    gain = tidy[tidy["kind"] == "gain (RECORDS − plain)"].set_index(["rho", "q"])
+    # the fixture puts CORR + RECORDS 10 points above CORR in every cell and seed
+    assert gain["mean"].tolist() == [10.0] * 4
+    assert gain.loc[(100.0, 0.5), "n"] == 1 and gain.loc[(50.0, 0.3), "n"] == 2  # a failed +RECORDS run drops out
+    plain = tidy[tidy["kind"] == "plain"].set_index(["rho", "q"])
+    assert plain.loc[(50.0, 0.3), "mean"] == pytest.approx(70.0 + 0.5)  # mean over seed offsets -1 and +2
+    wide = records_gain(runs, "CIFAR-10-LT")
+    assert wide.shape == (3, 4) and wide.attrs["title"].startswith("CIFAR-10-LT: what RECORDS adds")
+    assert records_gain(runs.assign(records=False), "CIFAR-10-LT").empty
+
+
+# --- a method that exists in this test only ------------------------------------------------------------------------
+
+TOY = '''
+"""A toy PLL method: soft cross-entropy on the weak view against fixed uniform-over-candidates targets."""
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+
+from trainables.methods import MethodSpec, PLLMethod, register
+from trainables.methods.corr import initial_confidences
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyParams:
+    scale: float = 1.0
+    """Multiplies the loss."""
+
+
+class Toy(PLLMethod):
+    def __init__(self, cfg, candidates, class_counts, device, comm=None):
+        self.cfg = cfg
+        self.confidences = initial_confidences(candidates.to(device))
+        self.steps_after = 0
+
+    def train_step(self, model, x_weak, x_strong, idx, epoch, step):
+        logits, _ = model(x_weak)
+        loss = -(self.confidences[idx] * F.log_softmax(logits, 1)).sum(1).mean() * self.cfg.params.scale
+        return loss, {"loss": loss.detach(), "toy_steps": torch.tensor(1.0)}
+
+    def after_step(self, model, epoch, step):
+        self.steps_after += 1
+
+    def state_dict(self):
+        return {"confidences": self.confidences.cpu(), "steps_after": self.steps_after}
+
+    def load_state_dict(self, state):
+        self.confidences = state["confidences"]
+        self.steps_after = state["steps_after"]
+
+
+SPEC = register(MethodSpec(name="toy", display="Toy", impl=Toy, params=ToyParams, param_prefix="toy_",
+                           variants={"toy": {}}, epoch_columns={"toy_steps": "mean of 1 per step (always 1)"},
+                           cost=lambda cfg, n, per_epoch, n_test: (per_epoch * cfg.epochs, n_test * cfg.epochs)))
+'''
+
+
+@pytest.fixture(scope="module")
+def toy_module(tmp_path_factory):
+    """toy_method.py in a folder on sys.path and PYTHONPATH, named in RECORDS_SWEEP_METHODS (for subprocesses and
+    Ray workers); registered here by importing it. Unregistered afterwards."""
+    import importlib
+    import os
+    import sys
+
+    from trainables.methods import PLUGIN_ENV, unregister
+
+    folder = tmp_path_factory.mktemp("plugin")
+    (folder / "toy_method.py").write_text(TOY)
+    sys.path.insert(0, str(folder))
+    env = {**os.environ, PLUGIN_ENV: "toy_method",
+           "PYTHONPATH": os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")])}
+    importlib.import_module("toy_method")
+    yield env
+    unregister("toy")
+    sys.path.remove(str(folder))
+    sys.modules.pop("toy_method", None)
+
+
+TOY_CELL = ["--set", "variant=toy", "--set", "dataset=cifar10", "--set", "toy_scale=0.5", "--set", "epochs=1"]
+
+
+def test_a_test_only_method_trains_through_the_cli(toy_module, tmp_path):
+    import pyarrow.parquet as pq
+
+    from trainables.train import main
+
+    out = tmp_path / "run"
+    rc = main(["--method", "toy", "--toy-scale", "0.5", "--dataset", "cifar10", "--rho", "10", "--img-max", "40",
+               "--test-per-class", "5", "--arch", "small-cnn", "--epochs", "2", "--batch-size", "16",
+               "--data-root", "synthetic", "--out", str(out), "--num-workers", "0", "--quiet"])
+    assert rc == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["method"] == "toy" and config["toy_scale"] == 0.5
+    cfg = TrialConfig.from_dict(config)
+    assert cfg.params.scale == 0.5 and cfg.describe().endswith("Toy seed=123")
+    assert TrialConfig.from_dict({**config, "toy_scale": 1.0}).config_hash != cfg.config_hash
+    epochs = pq.read_table(out / "epochs.parquet").to_pandas()
+    assert epochs["toy_steps"].tolist() == [1.0, 1.0]  # the method's own column survives into the record
+    import torch
+
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    steps = len(epochs) * (sum(int(40 * 0.1 ** (c / 9)) for c in range(10)) // 16)
+    assert ckpt["method"]["steps_after"] == steps  # after_step ran once per optimiser step
+
+
+def test_a_test_only_method_in_a_dry_run(toy_module):
+    """`run_grid.py --dry-run` lists and costs the method's cells; the method is known to the subprocess through
+    RECORDS_SWEEP_METHODS alone."""
+    import subprocess
+    import sys
+
+    run_grid = [sys.executable, str(Path(__file__).resolve().parents[1] / "sweep" / "run_grid.py"),
+                "--preset", "smoke", *TOY_CELL]
+    dry = subprocess.run([*run_grid, "--dry-run"], capture_output=True, text=True, timeout=120, env=toy_module)
+    assert dry.returncode == 0, dry.stderr
+    assert "1 cells" in dry.stdout and "Toy seed=123" in dry.stdout

@@ -177,3 +177,22 @@ def test_estimated_prior_moves_toward_the_true_prior():
     assert kl(last) < 0.6 * kl(uniform)
     assert result.history[-1]["reliable_frac"] > 0
     assert all(r["sinkhorn_row_residual"] < 1e-4 for r in result.history)
+
+
+def test_faithful_sinkhorn_runs_in_float32_and_takes_the_reference_retry():
+    """A queued row whose candidate probabilities are all ~1e-16 underflows under G^3 in float32 (not in float64):
+    the reference's first pass turns NaN and it retries with ZERO_FILL; faithful mode must do the same."""
+    from trainables.methods.solar import ZERO_FILL, _sinkhorn_prob
+
+    g = torch.Generator().manual_seed(0)
+    n, k = 64, 10
+    cand = torch.rand(n, k, generator=g) < 0.3
+    cand[torch.arange(n), torch.randint(0, k, (n,), generator=g)] = True
+    probs = torch.softmax(torch.randn(n, k, generator=g) * 2, 1) * cand
+    probs[0] = cand[0].float() * 1e-16
+    prior = torch.full((k,), 1.0 / k)
+    zero = probs == 0
+    assert torch.isnan(_sinkhorn_prob(probs, prior, 3.0, 50)).any()  # float32: the reference's first pass fails
+    retried = _sinkhorn_prob(probs.masked_fill(zero, ZERO_FILL), prior, 3.0, 50).masked_fill(zero, 0.0)
+    plan, _ = sinkhorn(probs, prior, 3.0, faithful=True)
+    assert plan.dtype == torch.float32 and torch.equal(plan, retried)

@@ -36,8 +36,9 @@ FAITHFUL_QUIRKS = {
     "(§1.1), instead of on data_seed",
     "test_norm": "normalise test images with CIFAR-100 statistics for both datasets (reference bug, §1.3)",
     "cutout": "Cutout centre uniform on (1, 32] and an end-inclusive rectangle, as the reference (§1.4)",
-    "disamb_arith": "disambiguate in probability space with eps, as the reference, instead of in log space "
-    "(§11.13); can change which CORR candidates underflow and die",
+    "disamb_arith": "the reference's probability-space arithmetic: disambiguate with eps instead of in log space "
+    "(§11.13; can change which CORR candidates underflow and die), CORR's loss on softmax(z) instead of "
+    "exp(log_softmax(z)), PRODEN's loss and update with no eps",
     "batch_order": "batch order keyed on seed 0 for every training seed, like the reference's "
     "DistributedSampler (§1.5), instead of on the training seed",
     "mixup_epoch0": "forward the mixed views in epoch 0 although their loss is off (§5.2); they still "
@@ -366,9 +367,14 @@ class TrialConfig:
         return f"{ds} rho={self.rho:g} q={self.q:g} {name} seed={self.seed}"
 
 
-def _as_float(annotation: str, value: Any) -> Any:
+def type_name(annotation: Any) -> str:
+    """A field's annotation as text ('float', 'int | None'), whether the module postponed annotations or not."""
+    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+
+
+def _as_float(annotation: Any, value: Any) -> Any:
     """An int given for a float field becomes a float, so 100 and 100.0 hash alike."""
-    if "float" in str(annotation) and isinstance(value, int) and not isinstance(value, bool):
+    if "float" in type_name(annotation) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value
 
@@ -376,9 +382,9 @@ def _as_float(annotation: str, value: Any) -> Any:
 _KINDS = {"str": (str,), "bool": (bool,), "int": (int,), "float": (int, float)}
 
 
-def check_field_type(name: str, annotation: str, value: Any) -> None:
+def check_field_type(name: str, annotation: Any, value: Any) -> None:
     """Check a value against its field's annotation ('int', 'float | None', ...); floats must be finite."""
-    parts = [p.strip() for p in str(annotation).split("|")]
+    parts = [p.strip() for p in type_name(annotation).split("|")]
     if "None" in parts and value is None:
         return
     kinds = tuple(k for p in parts if p in _KINDS for k in _KINDS[p])
@@ -404,9 +410,9 @@ def flat_defaults() -> dict[str, Any]:
 
 def flat_fields() -> list[tuple[str, str]]:
     """(flat name, annotation) of every flat config key: the fields, then each registered method's parameters."""
-    out = [(f.name, str(f.type)) for f in dataclasses.fields(TrialConfig) if f.name != "params"]
+    out = [(f.name, type_name(f.type)) for f in dataclasses.fields(TrialConfig) if f.name != "params"]
     for spec in _methods().REGISTRY.values():
-        out += [(spec.flat_name(f.name), str(f.type)) for f in spec.param_fields()]
+        out += [(spec.flat_name(f.name), type_name(f.type)) for f in spec.param_fields()]
     return out
 
 

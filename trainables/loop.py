@@ -254,8 +254,7 @@ def fit(cfg: TrialConfig, options: RunOptions, on_epoch: Callable[[dict, Path | 
                 "many_raw": many_raw, "medium_raw": medium_raw, "few_raw": few_raw,
                 "prior_kl": prior_kl(true_prior, prior.cpu()) if prior is not None else None,
                 "pseudo_label_acc": pl_acc, "mmc": mmc, "lr": lr,
-                "loss": means["loss"], "loss_neg": means.get("loss_neg"), "loss_con": means.get("loss_con"),
-                "loss_mix": means.get("loss_mix"),
+                **means,  # the method's loss terms: base columns and its own (MethodSpec.epoch_columns)
                 "epoch_s": epoch_s, "eval_s": eval_s, "images_per_s": samples_per_epoch / max(epoch_s, 1e-9),
                 "prior_est": prior.cpu().double().tolist() if prior is not None else None,
                 "per_class_acc": per_class.tolist(),

@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from .config import FAITHFUL_QUIRKS, ORACLE_LA_MODES, ConfigError, RunOptions, TrialConfig, field_docs
+from .config import FAITHFUL_QUIRKS, ORACLE_LA_MODES, ConfigError, RunOptions, TrialConfig, field_docs, type_name
 from .methods import REGISTRY
 
 # CLI flag -> TrialConfig field, for the flags whose names differ from the field names.
@@ -48,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         g = p.add_argument_group(f"{spec.display} (--method {spec.name})")
         param_docs = field_docs(spec.params)
         for f in spec.param_fields():
-            g.add_argument("--" + spec.flat_name(f.name).replace("_", "-"), type=_arg_type(str(f.type)), default=None,
-                           help=param_docs.get(f.name, ""))
+            flag = "--" + spec.flat_name(f.name).replace("_", "-")
+            g.add_argument(flag, type=_arg_type(type_name(f.type)), default=None, help=param_docs.get(f.name, ""))
     g = p.add_argument_group("model and optimisation")
     g.add_argument("--arch", choices=["resnet18", "small-cnn"], default=d.arch, help=docs["arch"])
     g.add_argument("--epochs", type=int, default=d.epochs, help=docs["epochs"])

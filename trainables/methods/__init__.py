@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 
-from . import corr, pico, solar  # noqa: F401,E402  (each registers itself)
+from . import corr, pico, proden, solar  # noqa: F401,E402  (each registers itself)
 from .base import REGISTRY, SWITCHES, MethodSpec, PLLMethod, register, unregister
 
 PLUGIN_ENV = "RECORDS_SWEEP_METHODS"

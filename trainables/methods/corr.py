@@ -26,18 +26,22 @@ from .records import EPS, estimate_class_prior, log_prior, update_feature_mean
 # Pure functions
 
 
-def corr_loss(logits_w: torch.Tensor, logits_s: torch.Tensor, confidences: torch.Tensor, eps: float = EPS):
+def corr_loss(logits_w: torch.Tensor, logits_s: torch.Tensor, confidences: torch.Tensor, eps: float = EPS,
+              faithful: bool = False):
     """CORR's two terms (§3.2) against the confidences, averaged over the batch.
 
     neg: sum over labels with confidence exactly 0 of -log(|1 - p| + eps), for both views.
     con: KL(w || softmax(z)) for both views (PyTorch's kl_div, 'batchmean'; 0 log 0 = 0).
+    p is exp(log_softmax(z)) by default (one softmax pass for both terms); faithful=True takes softmax(z) as the
+    reference does. The two differ in the last bits, which matters where 1 - p is below about 1e-6: there the
+    gradient of the neg term differs markedly (docs/methods.md, CORR).
     """
     not_candidate = (confidences == 0).to(logits_w.dtype)
     neg = logits_w.new_zeros(())
     con = logits_w.new_zeros(())
     for logits in (logits_w, logits_s):
         log_p = F.log_softmax(logits, dim=1)
-        p = log_p.exp()
+        p = torch.softmax(logits, dim=1) if faithful else log_p.exp()
         neg = neg + (-torch.log(torch.abs(1.0 - p) + eps) * not_candidate).sum(dim=1).mean()
         con = con + F.kl_div(log_p, confidences, reduction="batchmean")
     return neg, con
@@ -158,14 +162,15 @@ class CorrFamily(PLLMethod):
         z_w, z_s = logits[:b], logits[b:2 * b]
 
         shift = self.loss_shift
-        neg, con = corr_loss(z_w if shift is None else z_w + shift, z_s if shift is None else z_s + shift, w_old)
+        neg, con = corr_loss(z_w if shift is None else z_w + shift, z_s if shift is None else z_s + shift, w_old,
+                             faithful=self.faithful_arith)
         mix_loss = logits.new_zeros(())
         if mixing and updating:
             w_mix = mix(w_old, lam, perm)
             z_mw, z_ms = logits[2 * b:3 * b], logits[3 * b:]
             if shift is not None:
                 z_mw, z_ms = z_mw + shift, z_ms + shift
-            mix_neg, mix_con = corr_loss(z_mw, z_ms, w_mix)
+            mix_neg, mix_con = corr_loss(z_mw, z_ms, w_mix, faithful=self.faithful_arith)
             mix_loss = cfg.mixup_weight * (mix_neg + mix_con)
         loss = neg + con + mix_loss
 

@@ -69,15 +69,17 @@ def sinkhorn(costs: torch.Tensor, prior: torch.Tensor, lamd: float, faithful: bo
 
     Both modes start from P = G^lamd and alternate r_s = r / (P c), then c = (1/n) / (r_s^T P), in the reference's
     order; T_ik = n r_s,k P_ki c_i, so each row sums to 1 (c is updated last) and the columns approach n r.
-    faithful=True replays the reference: probability space, always `iters` iterations (its stop test can never
+    faithful=True replays the reference: float32, probability space, always `iters` iterations (its stop test can never
     fire), a NaN retry with ZERO_FILL on zero entries. The default runs the same iteration in log space (no
     underflow of G^lamd) and stops when the column residual max_k |sum_i T_ik - n r_k| / n falls below `tol`.
     A class that no row can take (an all-zero column) gets ZERO_FILL on its zero entries in both modes, as the
     reference's retry does, and the filled entries are zeroed again in the output.
     """
     n, k = costs.shape
-    g = costs.double()
-    r = prior.double()
+    # the fix runs in float64; the reference's arithmetic is float32, where a row whose masked probabilities are
+    # all below ~1e-15 underflows under the power lamd and sends the reference down its NaN retry
+    g = costs.float() if faithful else costs.double()
+    r = prior.float() if faithful else prior.double()
     zero = g == 0
     empty_column = zero.all(dim=0).any()
     if faithful:
