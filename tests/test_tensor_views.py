@@ -72,7 +72,6 @@ def test_randaugment_op_matches_pil(cifar, name):
     _, low, high = P.RANDAUGMENT_RANGES[P.OP_ID[name]]
     v = _magnitudes(low, high, len(cifar), seed=P.OP_ID[name])
     theirs = _pil_each(cifar, A.RANDAUGMENT_OPS[P.OP_ID[name]].apply, v.tolist())
-    ours = torch.zeros(len(cifar), 3, 32, 32, dtype=torch.uint8)
     x = _nchw(cifar)
     plan = P.draw_plan(0, 0, torch.arange(len(cifar)))
     # Through the dispatcher: every sample draws this op in slot 0 and Identity in the other two, no Cutout.

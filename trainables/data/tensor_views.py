@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from .plan import CUTOUT_FILL, IMAGE_SIZE, NUM_RANDAUGMENT_OPS, OP_ID, ViewPlan
+from .plan import CUTOUT_FILL, IMAGE_SIZE, OP_ID, ViewPlan
 
 _PRECISION_BITS = 22  # PIL's Resample.c: 32 - 8 bits of pixel - 2 bits of headroom
 _ONE = float(1 << _PRECISION_BITS)
@@ -89,10 +89,24 @@ def _resample_taps(start: torch.Tensor, length: torch.Tensor, flip: torch.Tensor
     return source, k
 
 
-def _resample_matrix(source: torch.Tensor, k: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """[n, 32 out, 32 in] coefficients (units of 2^-22) of the taps, as a matrix for a batched product."""
-    matrix = torch.zeros(len(source), IMAGE_SIZE, IMAGE_SIZE, dtype=torch.float64)
-    return matrix.scatter_add_(2, source, k.to(torch.float64)).to(dtype)
+@functools.cache
+def _resample_matrices(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Every crop's coefficient matrix, [2 flips * 32 starts * 33 lengths, 32 out, 32 in] (units of 2^-22), built
+    once: a batch then takes its matrices with one index_select instead of recomputing the taps."""
+    flip, start, length = torch.meshgrid(torch.arange(2), torch.arange(IMAGE_SIZE), torch.arange(IMAGE_SIZE + 1),
+                                         indexing="ij")
+    flip, start, length = flip.reshape(-1).bool(), start.reshape(-1), length.reshape(-1)
+    source, k = _resample_taps(start, length.clamp_min(1), flip)
+    matrix = torch.zeros(len(start), IMAGE_SIZE, IMAGE_SIZE, dtype=torch.float64)
+    matrix.scatter_add_(2, source, k.to(torch.float64))
+    return matrix.to(device=device, dtype=dtype)
+
+
+def _crop_matrices(start: torch.Tensor, length: torch.Tensor, flip: torch.Tensor | None, device: torch.device,
+                   dtype: torch.dtype) -> torch.Tensor:
+    index = (flip.to(torch.int64) if flip is not None else 0) * (IMAGE_SIZE * (IMAGE_SIZE + 1))
+    index = index + start * (IMAGE_SIZE + 1) + length
+    return _resample_matrices(device, dtype).index_select(0, index.to(device, non_blocking=True))
 
 
 def _rounded_pass(acc: torch.Tensor) -> torch.Tensor:
@@ -112,11 +126,11 @@ def resized_crop_flip(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Te
     """
     n, dev = len(images), images.device
     dtype = torch.float64 if dev.type == "cuda" and torch.backends.cuda.matmul.allow_tf32 else torch.float32
-    cols = _resample_matrix(*_resample_taps(boxes[:, 1], boxes[:, 3], flips), dtype).to(dev, non_blocking=True)
-    rows = _resample_matrix(*_resample_taps(boxes[:, 0], boxes[:, 2], None), dtype).to(dev, non_blocking=True)
+    cols = _crop_matrices(boxes[:, 1], boxes[:, 3], flips, dev, dtype)
+    rows = _crop_matrices(boxes[:, 0], boxes[:, 2], None, dev, dtype)
     size = IMAGE_SIZE
     # Rows outermost ([n, h, c, w]), so both passes are plain batched products of contiguous operands.
-    x = images.permute(0, 2, 1, 3).to(dtype).reshape(n, size * 3, size)
+    x = images.permute(0, 2, 1, 3).contiguous().to(dtype).view(n, size * 3, size)
     # Horizontal pass first, rounded to 8 bits, then the vertical pass: PIL's order and rounding.
     x = _rounded_pass(torch.bmm(x, cols.transpose(1, 2)))  # [n, (h, c), w]
     x = _rounded_pass(torch.bmm(rows, x.view(n, size, 3 * size)))  # [n, h', (c, w)]
@@ -354,48 +368,61 @@ def _affine_op(name: str, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------------------ views
 
-_OPS = {
+# Op tables by id (plan.RANDAUGMENT_RANGES order; None = nothing to do); each takes (images, params of those rows).
+_STRONG_OPS = tuple({
     "AutoContrast": lambda x, v: autocontrast(x),
     "Brightness": brightness,
     "Color": color,
     "Contrast": contrast,
     "Equalize": lambda x, v: equalize(x),
+    "Identity": None,
     "Posterize": posterize,
     "Sharpness": sharpness,
     "Solarize": solarize,
     **{name: functools.partial(_affine_op, name)
        for name in ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY")},
-}
-_JITTER = (brightness, contrast, color, hue)  # by plan.jitter_order id
+}[name] for name in OP_ID)
+# ColorJitter by plan.jitter_order id, on the [m, 4] factor rows; id 4 = jitter not applied.
+_JITTER_OPS = (lambda x, f: brightness(x, f[:, 0]), lambda x, f: contrast(x, f[:, 1]),
+               lambda x, f: color(x, f[:, 2]), lambda x, f: hue(x, f[:, 3]), None)
 
 
-def _apply_where(x: torch.Tensor, chosen: torch.Tensor, fn, *params: torch.Tensor) -> None:
-    """x[chosen] = fn(x[chosen], *params[chosen]) in place; chosen is a CPU bool mask (no device sync)."""
-    rows = chosen.nonzero()[:, 0]
-    if len(rows) == 0:
-        return
-    rows_dev = rows.to(x.device, non_blocking=True)
-    x.index_copy_(0, rows_dev, fn(x.index_select(0, rows_dev), *(p[rows] for p in params)))
+def _apply_by_kind(x: torch.Tensor, kinds: list[torch.Tensor], params: list[torch.Tensor], table) -> torch.Tensor:
+    """Apply, slot after slot, op table[kinds[slot][i]] with params[slot][i] to sample i; returns the new batch.
+
+    Before each slot the batch is reordered so that the samples of one op kind are contiguous (one gather of the
+    whole batch); each op then reads and writes its own slice, with no per-kind index_select/index_copy. The order
+    comes from the CPU plan, so nothing waits for the device; the original order is restored once at the end.
+    """
+    n, dev = len(x), x.device
+    held = torch.arange(n)  # held[j] = the sample now in row j
+    for slot_kinds, slot_params in zip(kinds, params):
+        current = slot_kinds[held]
+        order = torch.argsort(current, stable=True)
+        held = held[order]
+        x = x.index_select(0, order.to(dev, non_blocking=True))
+        start = 0
+        for kind, count in enumerate(torch.bincount(current, minlength=len(table)).tolist()):
+            if count and table[kind] is not None:
+                rows = slice(start, start + count)
+                x[rows] = table[kind](x[rows], slot_params[held[rows]])
+            start += count
+    return x.index_select(0, torch.argsort(held).to(dev, non_blocking=True))
 
 
 def weak_views(images: torch.Tensor, plan: ViewPlan) -> torch.Tensor:
     """uint8 [B, 3, 32, 32] weak views of `images` (any device) under `plan` (CPU)."""
     x = resized_crop_flip(images, plan.weak_box, plan.weak_flip)
-    for position in range(4):
-        kind = plan.jitter_order[:, position]
-        for k, fn in enumerate(_JITTER):
-            _apply_where(x, plan.jitter & (kind == k), fn, plan.jitter_factors[:, k])
-    _apply_where(x, plan.gray, grayscale)
-    return x
+    kinds = [torch.where(plan.jitter, plan.jitter_order[:, position], 4) for position in range(4)]
+    x = _apply_by_kind(x, kinds, [plan.jitter_factors] * 4, _JITTER_OPS)
+    rows = plan.gray.nonzero()[:, 0].to(x.device, non_blocking=True)
+    return x.index_copy_(0, rows, grayscale(x.index_select(0, rows)))
 
 
 def strong_views(images: torch.Tensor, plan: ViewPlan) -> torch.Tensor:
     """uint8 [B, 3, 32, 32] strong views of `images` (any device) under `plan` (CPU): three ops, then Cutout."""
     x = resized_crop_flip(images, plan.strong_box, plan.strong_flip)
-    for position in range(NUM_RANDAUGMENT_OPS):
-        op = plan.ops[:, position]
-        for name, fn in _OPS.items():
-            _apply_where(x, op == OP_ID[name], fn, plan.magnitudes[:, position])
+    x = _apply_by_kind(x, list(plan.ops.T), list(plan.magnitudes.T), _STRONG_OPS)
     return cutout(x, plan.cutout)
 
 
