@@ -4,6 +4,8 @@
     python benchmarks/train_step.py --archs small-cnn --batches 64 --steps 5
     python benchmarks/train_step.py --memory-only
     python benchmarks/train_step.py --archs small-cnn --methods records --augments pil tensor
+    python benchmarks/train_step.py --archs resnet18 --batches 256 --methods records pico pico+records \
+        --memory-methods records pico                           # PiCO beside CORR+RECORDS, and its extra memory
 
 
 For each architecture, batch size and precision it prints training samples per second:
@@ -12,7 +14,8 @@ For each architecture, batch size and precision it prints training samples per s
     for augment=pil; the device-resident batches (plan + tensor views, in the training process) for augment=tensor;
   * step: the real method step (CIFAR-10-LT rho=100 q=0.3 from --data-root, loader, normalisation, forward, loss,
     disambiguation, backward, SGD), in epoch 1, so the confidence update and the mixup loss are on;
-and the step/floor time ratio. Figures on a shared machine are noisy: compare ratios from one run.
+and the step/floor time ratio; PiCO's floor adds its key encoder's gradient-free forward of the strong view.
+Figures on a shared machine are noisy: compare ratios from one run.
 """
 
 from __future__ import annotations
@@ -45,10 +48,15 @@ VARIANTS = {
     "records": dict(records=True),
     "records+mixup": dict(records=True, mixup=True),
     "solar": dict(method="solar"),
+    "pico": dict(method="pico"),
+    "pico+records": dict(method="pico", records=True),
 }
 # The floor's forward calls per step, in batches: one concatenated 2B (or 4B with mixup) batch for the CORR family;
 # SoLar's separate weak and strong forwards plus the mixed reliable subset, at the share its measured steps selected.
-FLOOR_CHUNKS = {"corr": (2.0,), "records": (2.0,), "records+mixup": (4.0,), "solar": (1.0, 1.0)}
+# PiCO: the weak batch through the query encoder; its key encoder's strong-view forward is in FLOOR_FORWARD_ONLY.
+FLOOR_CHUNKS = {"corr": (2.0,), "records": (2.0,), "records+mixup": (4.0,), "solar": (1.0, 1.0), "pico": (1.0,),
+                "pico+records": (1.0,)}
+FLOOR_FORWARD_ONLY = {"pico": 1.0, "pico+records": 1.0}
 
 
 def cell(arch: str, batch: int, precision: str, variant: str, augment: str = "pil") -> TrialConfig:
@@ -72,16 +80,22 @@ def timed(step, batch: int, warmup: int, min_steps: int, min_seconds: float) -> 
     return n * batch / (time.perf_counter() - t0)
 
 
-def floor_step(arch: str, batch: int, chunks: tuple[float, ...], precision: str):
-    """The bare model: forwards of random tensors of the step's shapes, CE, one backward, SGD."""
+def floor_step(arch: str, batch: int, chunks: tuple[float, ...], precision: str, forward_only: float = 0.0):
+    """The bare model: forwards of random tensors of the step's shapes, CE, one backward, SGD; plus, for a method
+    with a momentum encoder, a gradient-free forward of `forward_only` batches through a second model."""
     g = torch.Generator().manual_seed(0)
     net = create_model(arch, 10, seed=0, precision=precision)
     model = ModelHandle(net, precision)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     xs = [torch.randn(max(2, round(c * batch)), 3, 32, 32, generator=g) for c in chunks]
     ys = [torch.randint(0, 10, (len(x),), generator=g) for x in xs]
+    other = ModelHandle(create_model(arch, 10, seed=1, precision=precision), precision) if forward_only else None
+    x_other = torch.randn(max(2, round(forward_only * batch)), 3, 32, 32, generator=g) if forward_only else None
 
     def step():
+        if other is not None:
+            with torch.no_grad():
+                other(x_other)
         loss = sum(torch.nn.functional.cross_entropy(model(x)[0], y) for x, y in zip(xs, ys))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -123,8 +137,8 @@ def method_step(data, cfg: TrialConfig, workers: int):
     device = torch.device("cpu")
     net = create_model(cfg.arch, 10, seed=cfg.seed, precision=cfg.precision)
     model = ModelHandle(net, cfg.precision)
-    optimizer, _ = build_optimizer(cfg, net)
     method = create_method(cfg, torch.from_numpy(data.train.candidates), data.train.counts, device, Comm())
+    optimizer, _ = build_optimizer(cfg, net, list(method.extra_parameters(net)))
     method.enter_stage("train", fresh=True)
     if cfg.method == "solar":  # steady state: a full prediction queue, so Sinkhorn runs on [queue; batch]
         g = torch.Generator().manual_seed(1)
@@ -167,7 +181,8 @@ def throughput(args) -> None:
             for _ in range(args.repeats):  # alternate step and floor, so a drifting machine hits both alike
                 rates.append(timed(step, batch, **budget))
                 chunks = FLOOR_CHUNKS[variant] + ((round(reliable_share(), 2),) if variant == "solar" else ())
-                floors.append(timed(floor_step(arch, batch, chunks, precision), batch, **budget))
+                floors.append(timed(floor_step(arch, batch, chunks, precision, FLOOR_FORWARD_ONLY.get(variant, 0.0)),
+                                    batch, **budget))
             _release(step)
             rate, floor = statistics.median(rates), statistics.median(floors)
             ratio = statistics.median(f / r for f, r in zip(floors, rates))
@@ -181,37 +196,49 @@ def throughput(args) -> None:
         for a, b, p, m, r, _, _ in rows:
             if p == "bf16" and (a, b, m) in fp32:
                 print(f"{a:<10}{b:>6} {m:<14}{r / fp32[(a, b, m)]:>6.2f}x")
-    solar = {(a, b, p): r for a, b, p, m, r, _, _ in rows if m == "solar"}
     records = {(a, b, p): r for a, b, p, m, r, _, _ in rows if m == "records"}
-    if solar and records:
-        print("\nSoLar step time / CORR+RECORDS step time")
-        for key in solar:
-            if key in records:
-                print(f"{key[0]:<10}{key[1]:>6} {key[2]:<5} {records[key] / solar[key]:>6.2f}x")
+    for other in ("solar", "pico", "pico+records"):
+        rates = {(a, b, p): r for a, b, p, m, r, _, _ in rows if m == other}
+        if rates and records:
+            print(f"\n{other} step time / CORR+RECORDS step time")
+            for key in rates:
+                if key in records:
+                    print(f"{key[0]:<10}{key[1]:>6} {key[2]:<5} {records[key] / rates[key]:>6.2f}x")
 
 
 def memory_probe(args) -> None:
-    """Peak resident memory of one ResNet-18 CIFAR-10-LT run: data, model, a full test pass and training steps with
-    the loader workers, the process tree sampled every 100 ms (run in a fresh process)."""
-    cmd = [sys.executable, __file__, "--_memory-child", "--data-root", args.data_root, "--workers", str(args.workers),
-           "--memory-steps", str(args.memory_steps), "--precisions", *args.precisions, "--augments", args.augments[0]]
-    _, peak_rss, peak_pss, returncode = run_monitored(cmd, interval=0.1)
-    if returncode:
-        raise SystemExit(f"memory probe failed ({returncode})")
+    """Peak resident memory of one ResNet-18 CIFAR-10-LT run per --memory-methods: data, model, a full test pass and
+    training steps with the loader workers, the process tree sampled every 100 ms (each in a fresh process)."""
+    peaks = {}
     workers = args.workers if args.augments[0] == "pil" else 0
-    print(f"peak memory of the run's process tree ({args.augments[0]} views, main + {workers} loader worker): "
-          f"{peak_pss:.2f} GiB "
-          f"PSS (shared pages counted once; target < 4 GiB), {peak_rss:.2f} GiB as a plain sum of RSS")
+    for variant in args.memory_methods:
+        cmd = [sys.executable, __file__, "--_memory-child", "--data-root", args.data_root, "--workers",
+               str(args.workers), "--memory-steps", str(args.memory_steps), "--precisions", *args.precisions,
+               "--augments", args.augments[0], "--memory-methods", variant]
+        _, peak_rss, peak_pss, returncode = run_monitored(cmd, interval=0.1)
+        if returncode:
+            raise SystemExit(f"memory probe of {variant} failed ({returncode})")
+        peaks[variant] = peak_pss
+        print(f"{variant}: peak memory of the run's process tree ({args.augments[0]} views, main + {workers} loader "
+              f"worker): {peak_pss:.2f} GiB PSS (shared pages counted once; target < 4 GiB), {peak_rss:.2f} GiB as a "
+              "plain sum of RSS", flush=True)
+    for variant in ("pico", "pico+records"):
+        if variant in peaks and "records" in peaks:
+            print(f"{variant} peak - CORR+RECORDS peak: {peaks[variant] - peaks['records']:+.2f} GiB PSS")
 
 
 def _memory_child(args) -> None:
-    cfg = cell("resnet18", 256, args.precisions[0], "records", args.augments[0])
+    cfg = cell("resnet18", 256, args.precisions[0], args.memory_methods[0], args.augments[0])
     data = build_dataset(cfg, args.data_root)
     device = torch.device("cpu")
     net = create_model("resnet18", 10, seed=cfg.seed, precision=cfg.precision)
     model = ModelHandle(net, cfg.precision)
-    optimizer, _ = build_optimizer(cfg, net)
     method = create_method(cfg, torch.from_numpy(data.train.candidates), data.train.counts, device, Comm())
+    optimizer, _ = build_optimizer(cfg, net, list(method.extra_parameters(net)))
+    state = [v for v in method.state_dict().values() if isinstance(v, torch.Tensor)]
+    state += [v for v in method.state_dict().values() if isinstance(v, dict) for v in v.values()]
+    print(f"{args.memory_methods[0]}: method state (W, mu, and PiCO's head, key encoder, queue, prototypes) "
+          f"{sum(t.numel() * t.element_size() for t in state) / 2**20:.1f} MiB", flush=True)
     loader, sampler = train_batches(data, cfg, args.workers)
     sampler.set_epoch(1)
     train_steps(model, method, optimizer, itertools.islice(iter(loader), args.memory_steps), data.train_norm, device,
@@ -240,6 +267,8 @@ def main() -> None:
     p.add_argument("--memory-only", action="store_true")
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--memory-steps", type=int, default=2)
+    p.add_argument("--memory-methods", nargs="+", default=["records"], choices=list(VARIANTS),
+                   help="one memory probe per method (pico: also its peak beside records)")
     p.add_argument("--_memory-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.threads:
