@@ -78,10 +78,11 @@ PRESETS: dict[str, Grid] = {
     ),
     "plugins": Grid(
         name="plugins",
-        description="RECORDS as a plug-in: {CORR, PRODEN} x {plain, +RECORDS} on the paper's three tables at the "
-        "paper's settings (800 epochs, ResNet-18); the report's records-gain table shows what RECORDS adds to each "
-        "method. PRODEN forwards one view per sample, so its cells cost about half of CORR's.",
-        blocks=tuple({**b, "variant": ("corr", "records", "proden", "proden+records")}
+        description="RECORDS as a plug-in: {CORR, PRODEN, PiCO} x {plain, +RECORDS} on the paper's three tables at "
+        "the paper's settings (800 epochs, ResNet-18); the report's records-gain table shows what RECORDS adds to "
+        "each method. PRODEN forwards one view per sample, so its cells cost about half of CORR's; PiCO backpropagates "
+        "one view and forwards the other through its key encoder, about two thirds.",
+        blocks=tuple({**b, "variant": ("corr", "records", "proden", "proden+records", "pico", "pico+records")}
                      for b in (_PAPER_CIFAR10, _PAPER_CIFAR100, _PAPER_CIFAR100_NU)),
         base=dict(arch="resnet18", epochs=800),
     ),

@@ -254,3 +254,27 @@ def test_two_ranks_share_queue_prototypes_confidences_and_head(tmp_path):
         if "running" not in key and "num_batches" not in key:  # its BN statistics come from each rank's own keys
             assert torch.equal(value, r1["key_net"][key]), key
     assert ((r0["queue_labels"] >= 0) & (r0["queue_labels"] < 10)).all()
+
+
+def test_pico_is_in_the_plugins_preset_and_the_records_gain_table():
+    import pandas as pd
+
+    from analysis.tables import records_gain_tidy
+    from sweep.grids import PRESETS
+    from sweep.schema import RUNS_SCHEMA
+    from tests.analysis_fixtures import fixture_rows
+
+    cells = PRESETS["plugins"].cells()
+    assert {(c.method, c.records) for c in cells} >= {("pico", False), ("pico", True)}
+    runs = pd.DataFrame(fixture_rows()[0], columns=RUNS_SCHEMA.names)
+    corr = runs[(runs["method"] == "corr") & ~runs["mixup"].astype(bool) & runs["oracle_la"].isna()
+                & (runs["dataset"] == "cifar10")]
+    pico = corr.assign(method="pico", config_hash=corr["config_hash"] + "p")
+    for key, value in TrialConfig(method="pico").to_dict().items():
+        if key.startswith("pico_"):
+            pico[key] = value
+    pico["final_top1"] = pico["final_top1"] - 20 + 3 * pico["records"].astype(bool)  # RECORDS adds 3 points more
+    tidy = records_gain_tidy(pd.concat([runs, pico], ignore_index=True), "CIFAR-10-LT")
+    gain = tidy[tidy["kind"] == "gain (RECORDS − plain)"].set_index(["method", "rho", "q"])["mean"]
+    assert set(tidy["method"]) == {"CORR", "PiCO"}
+    assert (gain.loc["PiCO"] - gain.loc["CORR"]).round(9).eq(3.0).all()
