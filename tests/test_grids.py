@@ -113,3 +113,12 @@ def test_cli_dry_run_and_refusals(tmp_path):
     out = _run_grid("--resume", "--name", "nothing", "--storage", str(tmp_path))
     assert out.returncode == 2 and "nothing to resume" in out.stderr
     assert not any(tmp_path.glob("*/runs.parquet"))  # nothing started, nothing written
+
+
+def test_set_augment_switches_every_cell_to_the_tensor_views_and_their_hashes():
+    pil = PRESETS["quick"].cells()
+    tensor = PRESETS["quick"].with_override(*parse_set("augment=tensor")).cells()
+    assert {c.augment for c in pil} == {"pil"} and {c.augment for c in tensor} == {"tensor"}
+    assert not {c.config_hash for c in pil} & {c.config_hash for c in tensor}
+    with pytest.raises(GridError, match="augment"):
+        PRESETS["quick"].with_override(*parse_set("augment=gpu")).cells()
