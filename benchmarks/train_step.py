@@ -4,8 +4,8 @@
     python benchmarks/train_step.py --archs small-cnn --batches 64 --steps 5
     python benchmarks/train_step.py --memory-only
     python benchmarks/train_step.py --archs small-cnn --methods records --augments pil tensor
-    python benchmarks/train_step.py --archs resnet18 --batches 256 --methods records pico pico+records \
-        --memory-methods records pico                           # PiCO beside CORR+RECORDS, and its extra memory
+    python benchmarks/train_step.py --archs resnet18 --methods records pico pico+records --memory-methods records pico
+                                             # PiCO beside CORR+RECORDS, and PiCO's extra peak memory
 
 
 For each architecture, batch size and precision it prints training samples per second:

@@ -75,6 +75,16 @@ def test_supcon_matches_its_definition_and_every_anchor_has_a_positive():
     assert torch.allclose(moco_loss(q, k, queue, tau), ref)
 
 
+def test_zero_prototypes_score_zero_by_default_and_are_skipped_on_request():
+    cands = torch.tensor([[True, True, False], [True, False, True], [False, True, True]])
+    scores = torch.tensor([[-0.5, 0.0, 0.9], [-0.2, 0.3, 0.0], [0.4, 0.0, 0.0]])  # class 1's prototype is zero
+    usable = torch.tensor([True, False, False])
+    fallback = torch.tensor([1, 2, 2])
+    assert pico_mod.prototype_choice(scores, cands, None, fallback).tolist() == [1, 2, 1]  # 0 beats the negative cosine
+    # skip: row 0 takes its only usable candidate, row 1 too, row 2 has none and falls back to the classifier's
+    assert pico_mod.prototype_choice(scores, cands, usable, fallback).tolist() == [0, 0, 2]
+
+
 def test_initial_queue_rows_are_unit_norm_or_column_normalised_when_faithful():
     g = torch.Generator().manual_seed(0)
     assert torch.allclose(initial_queue(8192, 128, g).norm(dim=1), torch.ones(8192), atol=1e-5)

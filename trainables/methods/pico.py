@@ -63,9 +63,13 @@ class PicoParams:
     """PiCO+RECORDS reading (a): adjust the pseudo-label in warm-up epochs too (default: from upd_start on)."""
     proto_temp: float = 0.07
     """PiCO+RECORDS reading (b): temperature T_p of the prototype cosines before log pi-hat is subtracted."""
+    zero_prototypes: str = "score"
+    """PiCO: a prototype still zero scores 0 in the confidence update ('score', the reference: it beats candidates
+    with a negative cosine), or is skipped ('skip'; the classifier's pseudo-label when every candidate's is zero)."""
 
 
 READINGS = ("a", "b")
+ZERO_PROTOTYPES = ("score", "skip")
 
 # ---------------------------------------------------------------------------------------------------------------
 # Pure functions
@@ -136,6 +140,17 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 def masked_argmax(scores: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
     """argmax over each row's candidates, as the reference's argmax(softmax(.) * Y) (first index on ties)."""
     return (torch.softmax(scores, dim=1) * candidates).argmax(dim=1)
+
+
+def prototype_choice(scores: torch.Tensor, candidates: torch.Tensor, usable: torch.Tensor | None,
+                     fallback: torch.Tensor) -> torch.Tensor:
+    """The confidence update's class: the best-scoring candidate (as masked_argmax); with `usable` (K bools), only
+    candidates whose prototype is usable compete, and a row with none takes `fallback` (§P6-13 fix option)."""
+    if usable is None:
+        return masked_argmax(scores, candidates)
+    allowed = candidates & usable[None, :]
+    best = scores.masked_fill(~allowed, float("-inf")).argmax(dim=1)
+    return torch.where(allowed.any(dim=1), best, fallback)
 
 
 def initial_queue(size: int, dim: int, generator: torch.Generator, faithful: bool = False) -> torch.Tensor:
@@ -274,6 +289,7 @@ class Pico(PLLMethod):
             pseudo = masked_argmax(z_d, y)
             # 3. prototype scores against the prototypes before this step's update
             proto_logits = q.detach() @ self.prototypes.T
+            usable = (self.prototypes.abs().sum(dim=1) > 0) if hp.zero_prototypes == "skip" else None
             # 4. prototypes: EMA over the global batch in rank order, every epoch
             all_q, all_pseudo = comm.all_gather_cat(q.detach()), comm.all_gather_cat(pseudo)
             self.prototypes = update_prototypes(self.prototypes, all_q, all_pseudo, hp.proto_m)
@@ -291,10 +307,8 @@ class Pico(PLLMethod):
             self.queue_ptr = (self.queue_ptr + n) % hp.queue
             # 8. confidences toward the nearest candidate prototype (before the loss, which uses the new rows)
             if updating:
-                if adj is not None and hp.reading == "b":
-                    choice = masked_argmax(proto_logits / hp.proto_temp - adj, y)
-                else:
-                    choice = masked_argmax(proto_logits, y)
+                scores = proto_logits / hp.proto_temp - adj if adj is not None and hp.reading == "b" else proto_logits
+                choice = prototype_choice(scores, y, usable, pseudo)
                 phi = phi_schedule(epoch, cfg.epochs, hp.phi_start, hp.phi_end, cfg.is_faithful("pico_phi"))
                 new_w = phi * self.confidences[idx] + (1.0 - phi) * F.one_hot(choice, self.num_classes).float()
                 self.confidences[comm.all_gather_cat(idx)] = comm.all_gather_cat(new_w)
@@ -361,6 +375,8 @@ def _validate(cfg: TrialConfig) -> None:
         raise ConfigError(f"pico_loss_weight={p.loss_weight!r}: must be >= 0")
     if p.low_dim < 1:
         raise ConfigError(f"pico_low_dim={p.low_dim!r}: must be >= 1")
+    if p.zero_prototypes not in ZERO_PROTOTYPES:
+        raise ConfigError(f"pico_zero_prototypes={p.zero_prototypes!r}: choose one of {list(ZERO_PROTOTYPES)}")
     if p.reading not in READINGS:
         raise ConfigError(f"pico_reading={p.reading!r}: choose one of {list(READINGS)}")
 
