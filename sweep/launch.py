@@ -10,6 +10,7 @@ from pathlib import Path
 
 from trainables.config import TrialConfig
 
+from .cluster import ClusterError, check_shared_storage, check_storage, connect, probe_address, start_local
 from .lease import LeaseError, SweepLease
 from .results import GridMismatch, SweepStore, finished_hashes, training_counts, write_results, write_sweep_manifest
 from .tune import ResourceError, SweepSettings, check_fits, ray_runtime_env, run_cells
@@ -74,13 +75,16 @@ def start_ray(args, ship_code: bool):
     import ray
 
     runtime_env = ray_runtime_env(ship_code)
-    if args.address:
-        ctx = ray.init(address=args.address, runtime_env=runtime_env, log_to_driver=args.worker_logs)
-    else:
-        ctx = ray.init(num_cpus=args.num_cpus, num_gpus=args.num_gpus, include_dashboard=not args.no_dashboard,
-                       dashboard_host="127.0.0.1", dashboard_port=args.dashboard_port,
-                       object_store_memory=args.object_store_mb * 2**20, runtime_env=runtime_env,
-                       log_to_driver=args.worker_logs)
+    try:
+        if args.address:
+            ctx = connect(args.address, runtime_env=runtime_env, log_to_driver=args.worker_logs)
+        else:
+            ctx = start_local(num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+                              include_dashboard=not args.no_dashboard, dashboard_host="127.0.0.1",
+                              dashboard_port=args.dashboard_port, object_store_memory=args.object_store_mb * 2**20,
+                              runtime_env=runtime_env, log_to_driver=args.worker_logs)
+    except ClusterError as err:
+        raise LaunchError(str(err)) from None
     url = getattr(ctx, "dashboard_url", None)
     if url:
         token = Path.home() / ".ray" / "auth_token"
@@ -96,6 +100,12 @@ def launch(args, cells: list[TrialConfig], name: str, data_root: str, saved: dic
     check_data(cells, data_root)
 
     store = SweepStore(args.storage, name)
+    try:
+        if args.address:
+            probe_address(args.address)  # before anything is written: a wrong address changes nothing
+        check_storage(store)
+    except ClusterError as err:
+        raise LaunchError(str(err)) from None
     lease = SweepLease(store)
     try:
         lease.acquire()
@@ -121,7 +131,12 @@ def _launch_held(args, cells: list[TrialConfig], name: str, store: SweepStore, s
     if todo:
         ray = start_ray(args, ship_code=bool(args.address))
         try:
-            nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+            alive = [n for n in ray.nodes() if n.get("Alive")]
+            try:
+                check_shared_storage(store, alive)
+            except ClusterError as err:
+                raise LaunchError(str(err)) from None
+            nodes = [n["Resources"] for n in alive]
             try:
                 fitting = check_fits(settings, nodes)
             except ResourceError as err:

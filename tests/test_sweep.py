@@ -6,14 +6,17 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import psutil
 import pyarrow.parquet as pq
 import pytest
 
+from sweep.cluster import is_loopback
 from sweep.grids import PRESETS
 from sweep.results import total_epochs
 from sweep.schema import EPOCHS_SCHEMA, RUNS_SCHEMA
@@ -77,17 +80,55 @@ def assert_complete(sweep: Path, expected_cells: int):
 
 # --- the smoke preset, once, shared by the checks below -------------------------------------------------------------
 
+def listening_sockets(root_pid: int) -> set[tuple[str, str, int]]:
+    """(process name, address, port) of every listening socket of root_pid and its descendants."""
+    try:
+        root = psutil.Process(root_pid)
+        pids = {root_pid} | {p.pid for p in root.children(recursive=True)}
+    except psutil.NoSuchProcess:
+        return set()
+    found = set()
+    for conn in psutil.net_connections("inet"):
+        if conn.status == psutil.CONN_LISTEN and conn.pid in pids:
+            try:
+                name = psutil.Process(conn.pid).name()
+            except psutil.NoSuchProcess:
+                continue
+            found.add((name, conn.laddr.ip, conn.laddr.port))
+    return found
+
+
+def run_grid_watching_sockets(*args, timeout=600):
+    """run_grid, sampling the listening sockets of the driver and every process it starts (the local Ray's) each
+    second while it runs."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, RUN_GRID, *args, *LOCAL_RAY], stdout=out, stderr=err, text=True,
+                                env=RAY_ENV, start_new_session=True)
+        sockets, end = set(), time.time() + timeout
+        try:
+            while proc.poll() is None and time.time() < end:
+                sockets |= listening_sockets(proc.pid)
+                time.sleep(1)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        out.seek(0)
+        err.seek(0)
+        return SimpleNamespace(returncode=proc.returncode, stdout=out.read(), stderr=err.read()), sockets
+
+
 @pytest.fixture(scope="module")
 def smoke_sweep(tmp_path_factory):
     storage = tmp_path_factory.mktemp("sweeps")
-    out = run_grid("--preset", "smoke", "--storage", str(storage), "--name", "smoke")
+    out, sockets = run_grid_watching_sockets("--preset", "smoke", "--storage", str(storage), "--name", "smoke")
     ray_stop()
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return storage / "smoke", out
+    return storage / "smoke", out, sockets
 
 
 def test_smoke_sweep_writes_complete_parquet(smoke_sweep):
-    sweep, out = smoke_sweep
+    sweep, out, _ = smoke_sweep
     cells = PRESETS["smoke"].cells()
     runs, epochs = assert_complete(sweep, len(cells))
     assert set(runs["config_hash"]) == {c.config_hash for c in cells}
@@ -105,10 +146,27 @@ def test_smoke_sweep_writes_complete_parquet(smoke_sweep):
     assert again.returncode == 0 and "7 already finished, 0 to run" in again.stdout
 
 
+# Listening sockets of the local Ray that Ray offers no way to bind to loopback: (process name prefix, reason).
+# The README's "Network exposure" section lists the same.
+NON_LOOPBACK_ALLOWED: dict[str, str] = {
+    # (process names are cut to 15 characters: "ray::RayTrainWo")
+    "ray::RayTrainWo": "torch.distributed's TCPStore, the rendezvous of a cell's process group, which Ray Train"
+                       " sets up even for one worker; torch binds it to every interface and has no option to restrict",
+}
+
+
+def test_local_ray_listens_on_loopback_only(smoke_sweep):
+    _, _, sockets = smoke_sweep
+    assert len(sockets) >= 5, sockets  # GCS, raylet, object manager, workers, agents: the sampling saw them
+    exposed = sorted(s for s in sockets if not is_loopback(s[1])
+                     and not any(s[0].startswith(name) for name in NON_LOOPBACK_ALLOWED))
+    assert not exposed, exposed
+
+
 def test_analysis_report_and_notebook_on_the_smoke_sweep(smoke_sweep, tmp_path):
     import nbformat
 
-    sweep, _ = smoke_sweep
+    sweep, _, _ = smoke_sweep
     nb = nbformat.read(ROOT / "analysis" / "paper_tables.ipynb", as_version=4)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")  # committed without outputs
     report = subprocess.run([sys.executable, "-m", "analysis.report", str(sweep), "--out", str(tmp_path / "report"),
