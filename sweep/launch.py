@@ -75,6 +75,10 @@ def start_ray(args, ship_code: bool):
     import ray
 
     runtime_env = ray_runtime_env(ship_code)
+    port = getattr(args, "metrics_export_port", None)
+    if args.address and port is not None:
+        raise LaunchError(f"--metrics-export-port={port} sets the port of a local Ray; on a cluster give it to "
+                          "`ray start --metrics-export-port` on each node")
     try:
         if args.address:
             ctx = connect(args.address, runtime_env=runtime_env, log_to_driver=args.worker_logs)
@@ -82,9 +86,11 @@ def start_ray(args, ship_code: bool):
             ctx = start_local(num_cpus=args.num_cpus, num_gpus=args.num_gpus,
                               include_dashboard=not args.no_dashboard, dashboard_host="127.0.0.1",
                               dashboard_port=args.dashboard_port, object_store_memory=args.object_store_mb * 2**20,
-                              runtime_env=runtime_env, log_to_driver=args.worker_logs)
+                              runtime_env=runtime_env, log_to_driver=args.worker_logs, _metrics_export_port=port)
     except ClusterError as err:
         raise LaunchError(str(err)) from None
+    if port is not None:
+        print(f"cell metrics (Prometheus text): http://127.0.0.1:{port}/metrics", flush=True)
     url = getattr(ctx, "dashboard_url", None)
     if url:
         token = Path.home() / ".ray" / "auth_token"
@@ -147,7 +153,7 @@ def _launch_held(args, cells: list[TrialConfig], name: str, store: SweepStore, s
                       file=sys.stderr)
             print(f"{max_concurrent} cell(s) at a time, each {settings.workers_per_trial} worker(s) x "
                   f"{settings.cpus_per_worker:g} CPU / {settings.gpus_per_worker:g} GPU", flush=True)
-            run_cells(store, todo, settings, max_concurrent)
+            run_cells(store, todo, settings, max_concurrent, log_to=getattr(args, "log_to", ("tensorboard",)))
         finally:
             ray.shutdown()
     runs, epochs = write_results(store, manifest_cells)

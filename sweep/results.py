@@ -191,6 +191,13 @@ def total_epochs(cfg: TrialConfig) -> int:
     return cfg.epochs + cfg.spec.extra_epochs(cfg)
 
 
+def epoch_step(cfg: TrialConfig, stage: str, epoch: int) -> int:
+    """Epochs of the cell done after epoch `epoch` of `stage` (1-based; SoLar trains after its estimation stage):
+    the trackers' step, the same for a fresh and a resumed cell."""
+    # the method's extra epochs (SoLar's estimation stage) all come before its 'train' stage
+    return epoch + 1 + (cfg.spec.extra_epochs(cfg) if stage == "train" else 0)
+
+
 def training_counts(cfg: TrialConfig) -> list[int]:
     """Per-class training counts of a cell, from its config alone (the NU shuffle as the data builder keys it)."""
     counts = class_counts(cfg.head_class_size, cfg.num_classes, cfg.rho)

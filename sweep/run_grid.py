@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--extend", action="store_true",
                    help="add this grid's cells to the existing sweep STORAGE/NAME (without it a different grid under "
                         "an existing name is refused)")
+    g.add_argument("--log-to", default=None, metavar="TRACKER[,TRACKER]",
+                   help="experiment trackers, through Ray Tune's logger callbacks: any of tensorboard, mlflow, wandb "
+                        "(comma-separated), or none; default: tensorboard. MLflow writes STORAGE/NAME/mlflow.db "
+                        "(or $MLFLOW_TRACKING_URI); W&B runs offline into STORAGE/NAME/wandb unless WANDB_MODE is set")
     g = p.add_argument_group("resources")
     g.add_argument("--address", help="an existing Ray cluster ('auto' or host:port); default: start a local one")
     g.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
@@ -70,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--object-store-mb", type=int, default=256, help="object store of the local Ray, MiB")
     g.add_argument("--no-dashboard", action="store_true", help="start the local Ray without its dashboard")
     g.add_argument("--dashboard-port", type=int, default=8265)
+    g.add_argument("--metrics-export-port", type=int, default=None,
+                   help="port where the local Ray's node serves its metrics, the cells' live epoch/top-1/samples per "
+                        "s included, in Prometheus text format (default: a free port Ray picks)")
     g.add_argument("--worker-logs", action="store_true", help="forward the workers' logs to this terminal")
     return p
 
@@ -126,7 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from sweep.results import SweepStore, grid_difference, read_sweep_manifest
+    from sweep.trackers import DEFAULT_LOG_TO, parse_log_to
     from trainables.config import TrialConfig
+
+    try:
+        args.log_to = parse_log_to(args.log_to if args.log_to is not None else DEFAULT_LOG_TO)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
     try:
         if args.resume:

@@ -18,8 +18,9 @@ from pathlib import Path
 
 from trainables.config import TrialConfig
 
+from .cell_metrics import export_epoch
 from .progress import summarize
-from .results import EPOCH_COLUMNS, SweepStore, total_epochs, write_results
+from .results import EPOCH_COLUMNS, SweepStore, epoch_step, total_epochs, write_results
 
 TRAIN_DIR = "train"
 TUNE_FN_CPU = 0.01  # a trial cannot ask for 0 CPU (RAY.md); the smallest share that works
@@ -103,6 +104,10 @@ def train_cell_worker(loop_config: dict) -> None:
     def on_epoch(row: dict, checkpoint_path: Path | None) -> None:
         metrics = {k: row.get(k) for k in EPOCH_COLUMNS}
         metrics["stage_epoch"] = f"{row['stage']}:{row['epoch']}"
+        metrics["timesteps_total"] = epoch_step(cfg, row["stage"], row["epoch"])  # the trackers' step
+        if comm.rank == 0:
+            export_epoch(cfg.config_hash, cfg_short(cfg), metrics["timesteps_total"], row["top1"],
+                         row["images_per_s"])
         report_ckpt = None
         if checkpoint_path is not None:  # rank 0 only: the run folder describes itself (config, history, state)
             # Ray Train keeps the previous checkpoints itself (num_to_keep): not uploading ours halves the traffic
@@ -345,13 +350,19 @@ def ray_runtime_env(ship_code: bool) -> dict:
 
 
 def run_cells(store: SweepStore, cells: list[TrialConfig], settings: SweepSettings, max_concurrent: int,
-              verbose: int = 1) -> None:
-    """Run `cells` as one Tune experiment (Ray must be initialised); the record and Parquet files stay current."""
+              verbose: int = 1, log_to: tuple[str, ...] = ("tensorboard",)) -> None:
+    """Run `cells` as one Tune experiment (Ray must be initialised); the record and Parquet files stay current.
+    `log_to`: the experiment trackers (sweep/trackers.py)."""
     from ray import tune
+
+    from .trackers import tracker_callbacks
 
     # Tune's newer console output ignores progress reporters; the classic one shows our compact per-cell table.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Tune would add its CSV, JSON and TensorBoard loggers by itself; tracker_callbacks adds exactly those chosen.
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    trackers = tracker_callbacks(log_to, store.uri, store.uri.rsplit("/", 1)[-1], store.is_local)
     recorder = SweepRecorder(store, [TrialConfig.from_dict(c) for c in _manifest_cells(store)], running=cells,
                              slots=max_concurrent)
     param_space = {
@@ -364,7 +375,7 @@ def run_cells(store: SweepStore, cells: list[TrialConfig], settings: SweepSettin
         param_space=param_space,
         tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent,
                                     trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
-        run_config=tune.RunConfig(name=f"tune-{stamp}", storage_path=store.uri, callbacks=[recorder],
+        run_config=tune.RunConfig(name=f"tune-{stamp}", storage_path=store.uri, callbacks=[recorder, *trackers],
                                   verbose=verbose, progress_reporter=_progress_reporter()),
     )
     try:

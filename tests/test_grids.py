@@ -122,3 +122,16 @@ def test_set_augment_switches_every_cell_to_the_tensor_views_and_their_hashes():
     assert not {c.config_hash for c in pil} & {c.config_hash for c in tensor}
     with pytest.raises(GridError, match="augment"):
         PRESETS["quick"].with_override(*parse_set("augment=gpu")).cells()
+
+
+def test_log_to_names_the_trackers_and_refuses_others():
+    from sweep.trackers import DEFAULT_LOG_TO, parse_log_to
+
+    assert parse_log_to(DEFAULT_LOG_TO) == ("tensorboard",)
+    assert parse_log_to("MLflow, wandb,mlflow") == ("mlflow", "wandb")
+    assert parse_log_to("none") == () and parse_log_to("") == ()
+    with pytest.raises(ValueError, match=r"unknown tracker\(s\) \['comet'\]"):
+        parse_log_to("tensorboard,comet")
+    out = subprocess.run([sys.executable, RUN_GRID, "--preset", "smoke", "--log-to", "neptune", "--dry-run"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.startswith("error: --log-to 'neptune': unknown tracker")
