@@ -222,20 +222,23 @@ def _hsv_to_rgb(uh: torch.Tensor, us: torch.Tensor, v: torch.Tensor) -> torch.Te
 @functools.cache
 def _hsv_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """PIL's two HSV conversions as lookup tables over all 2^24 inputs (int32, 64 MiB each), built once per
-    device from the code above: rgb2hsv[r << 16 | g << 8 | b] = H << 16 | S << 8 | V and
+    device, on that device, from the code above: rgb2hsv[r << 16 | g << 8 | b] = H << 16 | S << 8 | V and
     hsv2rgb[H << 16 | S << 8 | V] = R | G << 8 | B << 16. Two table lookups per pixel cost far less than PIL's
     float/double arithmetic spelled out in tensor ops (most of the views' time otherwise)."""
-    d = torch.arange(256, dtype=torch.int32)
-    mid, low = d.view(256, 1).expand(256, 256), d.view(1, 256).expand(256, 256)
-    to_hsv = torch.empty(256, 256, 256, dtype=torch.int32)
-    to_rgb = torch.empty(256, 256, 256, dtype=torch.int32)
-    for top in range(256):  # in 256 slices: the float64 temporaries of all 2^24 at once would need GiBs
-        first = torch.full_like(mid, top)
+    chunk = 16  # top values per step: 2^20 inputs, whose float64 temporaries stay near 100 MiB
+    top = torch.arange(chunk, dtype=torch.int32, device=device).view(chunk, 1, 1)
+    mid = torch.arange(256, dtype=torch.int32, device=device).view(1, 256, 1)
+    low = torch.arange(256, dtype=torch.int32, device=device).view(1, 1, 256)
+    mid, low = mid.expand(chunk, 256, 256), low.expand(chunk, 256, 256)
+    to_hsv = torch.empty(256, 256, 256, dtype=torch.int32, device=device)
+    to_rgb = torch.empty(256, 256, 256, dtype=torch.int32, device=device)
+    for start in range(0, 256, chunk):
+        first = (top + start).expand(chunk, 256, 256)
         h, s = _rgb_to_hsv(first, mid, low)
-        to_hsv[top] = (h << 16) | (s << 8) | torch.maximum(torch.maximum(first, mid), low)
+        to_hsv[start:start + chunk] = (h << 16) | (s << 8) | torch.maximum(torch.maximum(first, mid), low)
         rgb = _hsv_to_rgb(first, mid, low)
-        to_rgb[top] = rgb[..., 0] | (rgb[..., 1] << 8) | (rgb[..., 2] << 16)
-    return to_hsv.to(device).view(-1), to_rgb.to(device).view(-1)
+        to_rgb[start:start + chunk] = rgb[..., 0] | (rgb[..., 1] << 8) | (rgb[..., 2] << 16)
+    return to_hsv.view(-1), to_rgb.view(-1)
 
 
 def hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
