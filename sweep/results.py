@@ -283,6 +283,7 @@ def runs_table(cells: list[TrialConfig], epoch_rows: list[dict], events: list[di
             "images_per_s": (sum(r["images_per_s"] for r in rows) / len(rows)) if rows else None,
             "num_workers_per_trial": settings.get("workers_per_trial"),
             "device": settings.get("device"),
+            "nodes": _nodes(rows),
             "package_version": manifest.get("package_version"), "git_rev": manifest.get("git_rev"),
             "started_at": _ts(min(starts)) if starts else None,
             "finished_at": _ts(max(finishes)) if finishes and status == "finished" else None,
@@ -292,6 +293,12 @@ def runs_table(cells: list[TrialConfig], epoch_rows: list[dict], events: list[di
     schema = runs_schema()
     columns = {f.name: [r.get(f.name) for r in out] for f in schema}
     return pa.Table.from_pydict(columns, schema=schema)
+
+
+def _nodes(rows: list[dict]) -> list[str] | None:
+    """The Ray nodes ('ip/node-id') a cell's epochs ran on, in order of first use (more than one if it moved)."""
+    seen = list(dict.fromkeys(r["node"] for r in rows if r.get("node")))
+    return seen or None
 
 
 def write_results(store: SweepStore, cells: list[TrialConfig] | None = None) -> tuple[pa.Table, pa.Table]:

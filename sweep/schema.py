@@ -61,6 +61,7 @@ def runs_schema() -> pa.Schema:
             pa.field("images_per_s", pa.float64()),
             pa.field("num_workers_per_trial", pa.int64()),
             pa.field("device", pa.string()),
+            pa.field("nodes", pa.list_(pa.string())),  # Ray nodes ('ip/node-id') the cell ran on, in order
             pa.field("package_version", pa.string()),
             pa.field("git_rev", pa.string()),
             pa.field("started_at", pa.timestamp("ms", tz="UTC")),

@@ -101,9 +101,13 @@ def train_cell_worker(loop_config: dict) -> None:
         resume_from = Path(restored) / "checkpoint.pt"
     out_dir = work / "run"
 
+    runtime = ray.get_runtime_context()
+    node = f"{ray.util.get_node_ip_address()}/{runtime.get_node_id()[:12]}"
+
     def on_epoch(row: dict, checkpoint_path: Path | None) -> None:
         metrics = {k: row.get(k) for k in EPOCH_COLUMNS}
         metrics["stage_epoch"] = f"{row['stage']}:{row['epoch']}"
+        metrics["node"] = node  # rank 0's node: where the cell ran this epoch (runs.parquet's `nodes`)
         metrics["timesteps_total"] = epoch_step(cfg, row["stage"], row["epoch"])  # the trackers' step
         if comm.rank == 0:
             export_epoch(cfg.config_hash, cfg_short(cfg), metrics["timesteps_total"], row["top1"],
@@ -230,6 +234,7 @@ class SweepRecorder(_tune_callback_base()):
         row = {k: result.get(k) for k in EPOCH_COLUMNS}
         row["_t"] = time.time()
         row["trial_id"] = trial.trial_id
+        row["node"] = result.get("node")
         self._rows.append(row)
         self._seen.setdefault(result["config_hash"], set()).add((result.get("stage"), result["epoch"]))
         self._epoch_s.append(float(result.get("epoch_s") or 0.0) + float(result.get("eval_s") or 0.0))

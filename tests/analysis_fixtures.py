@@ -128,6 +128,7 @@ def _run(method: str, switches: dict, dataset: str, nu: bool, rho: float, q: flo
         "final_per_class_acc": last.get("per_class_acc"),
         "wall_s": 100.0 * (1 + list(METHOD_BASE).index(method)) if finished else None,
         "images_per_s": 1000.0 + 10 * seed if finished else None, "num_workers_per_trial": 1, "device": "cpu",
+        "nodes": ["127.0.0.1/0123456789ab"],
         "package_version": "0.1.0", "git_rev": "abc123", "started_at": start if status != "pending" else None,
         "finished_at": start + pd.Timedelta(seconds=100) if finished else None, "schema_version": SCHEMA_VERSION,
     }
