@@ -193,3 +193,27 @@ def test_a_test_only_method_in_a_dry_run(toy_module):
     dry = subprocess.run([*run_grid, "--dry-run"], capture_output=True, text=True, timeout=120, env=toy_module)
     assert dry.returncode == 0, dry.stderr
     assert "1 cells" in dry.stdout and "Toy seed=123" in dry.stdout
+
+
+@pytest.mark.slow
+def test_a_test_only_method_runs_a_real_sweep(toy_module, tmp_path):
+    """A one-cell sweep on a local Ray, into Parquet; the method is known to the driver and the Ray workers through
+    RECORDS_SWEEP_METHODS alone."""
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+
+    run_grid = [sys.executable, str(Path(__file__).resolve().parents[1] / "sweep" / "run_grid.py"),
+                "--preset", "smoke", *TOY_CELL]
+    ray = ["--storage", str(tmp_path), "--name", "toy", "--data-root", "synthetic", "--no-dashboard",
+           "--num-cpus", "2", "--object-store-mb", "128"]
+    try:
+        out = subprocess.run([*run_grid, *ray], capture_output=True, text=True, timeout=600, env=toy_module)
+    finally:
+        subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    runs = pq.read_table(tmp_path / "toy" / "runs.parquet").to_pandas()
+    epochs = pq.read_table(tmp_path / "toy" / "epochs.parquet").to_pandas()
+    assert runs["method"].tolist() == ["toy"] and runs["toy_scale"].tolist() == [0.5]
+    assert runs["status"].tolist() == ["finished"] and epochs["toy_steps"].tolist() == [1.0]
