@@ -11,9 +11,8 @@ from collections.abc import Iterable
 
 import pandas as pd
 
-from trainables.methods import REGISTRY
+from trainables.methods.base import ORACLE_SUFFIX, display_name  # noqa: F401  (ORACLE_SUFFIX: for the report)
 
-ORACLE_SUFFIX = {"disamb": "disamb", "loss": "loss", "posthoc": "post-hoc"}
 DEFAULT_ORACLE_MODE = "disamb"
 
 # The README's rows in its order, then the variants this project adds.
@@ -33,19 +32,7 @@ def method_name(method: str, records: bool = False, mixup: bool = False, oracle_
     records = bool(records) and not _missing(records)
     mixup = bool(mixup) and not _missing(mixup)
     oracle = None if _missing(oracle_la) or oracle_la in ("", "none", "None") else str(oracle_la)
-    spec = REGISTRY.get(str(method))
-    parts = [spec.display if spec is not None else str(method)]
-    if records:
-        parts.append("RECORDS")
-    if oracle is not None:
-        parts.append("Oracle-LA" if oracle == paper_oracle_mode else f"Oracle-LA ({ORACLE_SUFFIX.get(oracle, oracle)})")
-    name = " + ".join(parts)
-    # SoLar always trains with its own mixup, which the paper's row name states.
-    if (spec is not None and spec.own_mixup) or (mixup and (records or oracle is not None)):
-        return name + " (w/ Mixup)"
-    if mixup:
-        return name + " + Mixup"
-    return name
+    return display_name(str(method), records, mixup, oracle, paper_oracle_mode)
 
 
 def add_method_names(runs: pd.DataFrame, paper_oracle_mode: str = DEFAULT_ORACLE_MODE) -> pd.Series:

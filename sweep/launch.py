@@ -8,7 +8,7 @@ from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
-from trainables.config import TrialConfig
+from trainables.config import ConfigError, TrialConfig
 
 from .cluster import ClusterError, check_shared_storage, check_storage, connect, probe_address, start_local
 from .lease import LeaseError, SweepLease
@@ -52,10 +52,10 @@ def check_cells_against_settings(cells: list[TrialConfig], settings: SweepSettin
         if cfg.batch_size % settings.workers_per_trial:
             raise LaunchError(f"batch_size={cfg.batch_size} of cell {cfg.describe()} does not split evenly over "
                               f"--workers-per-trial={settings.workers_per_trial}")
-        n = sum(training_counts(cfg))
-        if n < cfg.batch_size:
-            raise LaunchError(f"batch_size={cfg.batch_size} exceeds the {n} training images of cell {cfg.describe()} "
-                              "(the last incomplete batch is dropped, so no step would run)")
+        try:
+            cfg.check_batch_fits(sum(training_counts(cfg)))
+        except ConfigError as err:
+            raise LaunchError(str(err)) from None
 
 
 def check_data(cells: list[TrialConfig], data_root: str) -> None:

@@ -24,7 +24,6 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -53,10 +52,6 @@ class SweepStore:
             self.uri = str(local / name)
         self.root = root.rstrip("/") + "/" + name
         self._counter = 0  # with the pid and the clock, makes chunk names unique
-
-    @property
-    def is_local(self) -> bool:
-        return isinstance(self.fs, pafs.LocalFileSystem)
 
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
@@ -201,9 +196,7 @@ def epoch_step(cfg: TrialConfig, stage: str, epoch: int) -> int:
 def training_counts(cfg: TrialConfig) -> list[int]:
     """Per-class training counts of a cell, from its config alone (the NU shuffle as the data builder keys it)."""
     counts = class_counts(cfg.head_class_size, cfg.num_classes, cfg.rho)
-    if cfg.nu:
-        counts = shuffle_counts(counts, cfg.seed if cfg.is_faithful("nu_shuffle") else cfg.data_seed)
-    return counts
+    return counts if cfg.nu_shuffle_seed is None else shuffle_counts(counts, cfg.nu_shuffle_seed)
 
 
 def checkpoint_histories(store: SweepStore, hashes: Iterable[str]) -> list[dict]:
@@ -333,10 +326,3 @@ def finished_hashes(store: SweepStore, cells: list[TrialConfig]) -> set[str]:
         counts[r["config_hash"]] = counts.get(r["config_hash"], 0) + 1
     return {c.config_hash for c in cells if counts.get(c.config_hash, 0) >= total_epochs(c)}
 
-
-def read_results(store: SweepStore) -> tuple[pd.DataFrame, pd.DataFrame]:
-    with store.fs.open_input_file(store.path("runs.parquet")) as fh:
-        runs = pq.read_table(fh).to_pandas()
-    with store.fs.open_input_file(store.path("epochs.parquet")) as fh:
-        epochs = pq.read_table(fh).to_pandas()
-    return runs, epochs

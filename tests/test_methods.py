@@ -11,7 +11,7 @@ from trainables.config import TrialConfig
 from trainables.loop import build_optimizer
 from trainables.methods.corr import CorrFamily, CorrVariant, corr_loss, disambiguate, initial_confidences
 from trainables.methods.mixup import draw_mixup, mix
-from trainables.methods.records import adjust_logits, estimate_class_prior, log_prior, update_feature_mean
+from trainables.methods.records import estimate_class_prior, log_prior, update_feature_mean
 from trainables.models import ModelHandle, create_model
 
 K = 10
@@ -112,7 +112,7 @@ def test_prior_estimate():
     assert pi.sum().item() == pytest.approx(1.0, abs=1e-6)
     torch.testing.assert_close(pi, torch.softmax(fc.weight.detach() @ mu + fc.bias.detach(), 0))
     z = torch.randn(4, K)
-    torch.testing.assert_close(adjust_logits(z, pi), z - torch.log(pi + 1e-9))
+    torch.testing.assert_close(z - log_prior(pi), z - torch.log(pi + 1e-9))
 
 
 def test_feature_mean_ema_starts_from_zero():

@@ -26,12 +26,6 @@ class Comm:
     def broadcast_(self, tensor: torch.Tensor) -> None:
         """Overwrite `tensor` in place with rank 0's."""
 
-    def broadcast_object(self, obj):
-        return obj
-
-    def barrier(self) -> None:
-        pass
-
 
 class TorchDistComm(Comm):
     """torch.distributed collectives over the default process group."""
@@ -58,11 +52,3 @@ class TorchDistComm(Comm):
 
     def broadcast_(self, tensor: torch.Tensor) -> None:
         self._dist.broadcast(tensor, src=0)
-
-    def broadcast_object(self, obj):
-        box = [obj]
-        self._dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def barrier(self) -> None:
-        self._dist.barrier()

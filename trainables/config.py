@@ -178,6 +178,19 @@ class TrialConfig:
     def head_class_size(self) -> int:
         return self.img_max if self.img_max is not None else FULL_CLASS_SIZE[self.dataset]
 
+    @property
+    def nu_shuffle_seed(self) -> int | None:
+        """Seed of the NU class-count shuffle (None without NU): data_seed, or the training seed as the reference."""
+        if not self.nu:
+            return None
+        return self.seed if self.is_faithful("nu_shuffle") else self.data_seed
+
+    def check_batch_fits(self, n_train: int) -> None:
+        """The last incomplete batch is dropped, so a batch larger than the training set would run no step."""
+        if n_train < self.batch_size:
+            raise ConfigError(f"batch_size={self.batch_size} exceeds the {n_train} training images of "
+                              f"{self.describe()} (the last incomplete batch is dropped, so no step would run)")
+
     def is_faithful(self, quirk: str) -> bool:
         assert quirk in FAITHFUL_QUIRKS, quirk
         return quirk in self.faithful
@@ -355,14 +368,8 @@ class TrialConfig:
         return TrialConfig.from_dict(flat)
 
     def describe(self) -> str:
-        """Short human name: 'cifar10 rho=100 q=0.3 CORR+RECORDS+Mixup seed=123'."""
-        name = self.spec.display
-        if self.records:
-            name += "+RECORDS"
-        if self.oracle_la:
-            name += f"+OLA({self.oracle_la})"
-        if self.mixup:
-            name += "+Mixup"
+        """Short human name: 'cifar10 rho=100 q=0.3 CORR + RECORDS (w/ Mixup) seed=123'."""
+        name = _methods().base.display_name(self.method, self.records, self.mixup, self.oracle_la)
         ds = self.dataset + ("-NU" if self.nu else "")
         return f"{ds} rho={self.rho:g} q={self.q:g} {name} seed={self.seed}"
 

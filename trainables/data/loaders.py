@@ -45,18 +45,13 @@ def build_dataset(cfg: TrialConfig, data_root: str, download: bool = False) -> T
     test_split = load_split(cfg.dataset, "test", data_root, download=download)
 
     superclass_of = None
-    shuffle_seed = None
     if cfg.nu:
         if train_split.coarse_labels is None:
             raise ValueError(f"nu=True needs CIFAR-100 coarse labels, but {train_split.source} has none")
         superclass_of = superclass_table(train_split.labels, train_split.coarse_labels, k)
-        shuffle_seed = cfg.seed if cfg.is_faithful("nu_shuffle") else cfg.data_seed
     lt = build_longtailed(train_split.labels, k, cfg.head_class_size, cfg.rho, cfg.q, cfg.data_seed,
-                          superclass_of=superclass_of, count_shuffle_seed=shuffle_seed)
-    n = len(lt.labels)
-    if n < cfg.batch_size:
-        raise ValueError(f"batch_size={cfg.batch_size} exceeds the {n} training images of {cfg.describe()} "
-                         "(the last incomplete batch is dropped, so no step would run)")
+                          superclass_of=superclass_of, count_shuffle_seed=cfg.nu_shuffle_seed)
+    cfg.check_batch_fits(len(lt.labels))
 
     test_images, test_labels = test_split.images, test_split.labels
     if cfg.test_per_class is not None:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-_NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
+from ..config import DATASETS
+
 _SPLITS = ("train", "test")
 _SIDE = 32
 _PIXELS = _SIDE * _SIDE * 3
@@ -125,8 +126,8 @@ def synthetic_split(dataset: str, split: str) -> ImageSet:
 
 
 def _check_names(dataset: str, split: str) -> None:
-    if dataset not in _NUM_CLASSES:
-        raise ValueError(f"dataset must be one of {sorted(_NUM_CLASSES)}, got {dataset!r}")
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {dataset!r}")
     if split not in _SPLITS:
         raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
 
@@ -176,7 +177,7 @@ def _load_files(dataset: str, split: str, kind: str, stamps: tuple[tuple[str, in
         images, labels, coarse = _read_parquet(dataset, files[0])
         source = f"Parquet file {files[0]}"
         where = files[0]
-    _check_labels(labels, coarse, _NUM_CLASSES[dataset], where)
+    _check_labels(labels, coarse, DATASETS[dataset], where)
     return _frozen(ImageSet(images=images, labels=labels, coarse_labels=coarse, source=source))
 
 
@@ -446,10 +447,10 @@ def _render(rng: np.random.Generator, n: int, texture: int, hue: float, freq: fl
 
 @functools.lru_cache(maxsize=_CACHE_SIZE)
 def _synthetic_cached(dataset: str, split: str) -> ImageSet:
-    num_classes = _NUM_CLASSES[dataset]
+    num_classes = DATASETS[dataset]
     per_class = _SYNTHETIC_PER_CLASS[dataset, split]
     # One stream per (dataset, split): train and test never share draws, and neither depends on the other.
-    stream = (list(_NUM_CLASSES).index(dataset), _SPLITS.index(split))
+    stream = (list(DATASETS).index(dataset), _SPLITS.index(split))
     rng = np.random.default_rng(np.random.SeedSequence(_SYNTHETIC_SEED, spawn_key=stream))
     textures, hues, freqs = _class_recipes(dataset)
     images = np.empty((num_classes * per_class, _SIDE, _SIDE, 3), dtype=np.uint8)

@@ -80,6 +80,27 @@ class MethodSpec:
 
 REGISTRY: dict[str, MethodSpec] = {}
 
+# Oracle-LA's modes as a name suffix; the paper's single Oracle-LA row takes the plain name (mode `paper_oracle_mode`).
+ORACLE_SUFFIX = {"disamb": "disamb", "loss": "loss", "posthoc": "post-hoc"}
+
+
+def display_name(method: str, records: bool = False, mixup: bool = False, oracle_la: str | None = None,
+                 paper_oracle_mode: str = "disamb") -> str:
+    """The one spelling of a method's name, the paper's: ('corr', True, True, None) -> 'CORR + RECORDS (w/ Mixup)';
+    'CORR + Mixup' without a prior; 'SoLar (w/ Mixup)' for a method with its own mixup; unknown methods keep their
+    name."""
+    spec = REGISTRY.get(method)
+    parts = [spec.display if spec is not None else method]
+    if records:
+        parts.append("RECORDS")
+    if oracle_la is not None:
+        parts.append("Oracle-LA" if oracle_la == paper_oracle_mode
+                     else f"Oracle-LA ({ORACLE_SUFFIX.get(oracle_la, oracle_la)})")
+    name = " + ".join(parts)
+    if (spec is not None and spec.own_mixup) or (mixup and (records or oracle_la is not None)):
+        return name + " (w/ Mixup)"
+    return name + " + Mixup" if mixup else name
+
 
 def register(spec: MethodSpec) -> MethodSpec:
     """Add a method; its name, its variant names and its flat parameter names must not clash with others'."""

@@ -35,7 +35,3 @@ def log_prior(prior: torch.Tensor) -> torch.Tensor:
     """log(pi + eps): the shift subtracted from logits to turn P_train(y|x) into a balanced posterior."""
     return torch.log(prior + EPS)
 
-
-def adjust_logits(logits: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
-    """Post-hoc logit adjustment (tau = 1): z - log(pi + eps)."""
-    return logits - log_prior(prior)
