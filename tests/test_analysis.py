@@ -153,7 +153,8 @@ def test_load_errors_name_file_and_columns(sweep_dir, tmp_path):
     (("corr", False, True, None), "CORR + Mixup"),
     (("corr", False, True, "loss"), "CORR + Oracle-LA (loss) (w/ Mixup)"),
     (("corr", False, False, float("nan")), "CORR"),
-    (("proden", True, False, None), "proden + RECORDS"),
+    (("proden", True, False, None), "PRODEN + RECORDS"),  # a registered method: its display name
+    (("mystery", True, False, None), "mystery + RECORDS"),  # an unknown one keeps its name
 ])
 def test_method_name(args, expected):
     assert method_name(*args) == expected

@@ -156,3 +156,14 @@ def test_tensor_views_train_like_pil_views_on_the_same_plans(tmp_path):
     pil = fit(cfg, RunOptions(data_root="synthetic", num_workers=0, verbose=False)).history[0]
     ten = fit(tensor_cfg, RunOptions(data_root="synthetic", num_workers=0, verbose=False)).history[0]
     assert abs(pil["loss"] - ten["loss"]) < 1e-3 * abs(pil["loss"])
+
+
+def test_resume_plan_skips_finished_stages_and_keeps_the_epoch_offset():
+    from trainables.loop import resume_plan
+
+    stages = [("estimate", 3), ("train", 5)]
+    assert resume_plan(stages, None) == [("estimate", 3, 0, 0), ("train", 5, 0, 3)]
+    assert resume_plan(stages, {"stage": "estimate", "epoch": 2}) == [("estimate", 3, 2, 0), ("train", 5, 0, 3)]
+    assert resume_plan(stages, {"stage": "estimate", "epoch": 3}) == [("train", 5, 0, 3)]
+    assert resume_plan(stages, {"stage": "train", "epoch": 4}) == [("train", 5, 4, 3)]
+    assert resume_plan(stages, {"stage": "train", "epoch": 5}) == []

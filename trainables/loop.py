@@ -134,6 +134,43 @@ def train_steps(model: ModelHandle, method, optimizer, batches, norm, device: to
     return sums
 
 
+def resume_plan(stages: list[tuple[str, int]], resume: dict | None) -> list[tuple[str, int, int, int]]:
+    """(stage, its epochs, first epoch to run, epoch offset) of each stage left to run after the checkpoint `resume`
+    (None: all of them from epoch 0). The offset counts the epochs of earlier stages: batch order and augmentation
+    keys run on across stages."""
+    names = [name for name, _ in stages]
+    done = names.index(resume["stage"]) if resume is not None else -1
+    plan, offset = [], 0
+    for i, (stage, epochs) in enumerate(stages):
+        start = resume["epoch"] if i == done else 0
+        if i >= done and start < epochs:
+            plan.append((stage, epochs, start, offset))
+        offset += epochs
+    return plan
+
+
+def epoch_row(cfg: TrialConfig, stage: str, epoch: int, ev: dict[str, torch.Tensor], prior: torch.Tensor | None,
+              confidence: tuple[float, float], groups, true_prior: torch.Tensor) -> dict:
+    """The epoch's metrics from the test pass (`evaluate`), the method's prior estimate and its confidence summary
+    (pseudo-label accuracy, mmc); the loop adds the timings, the learning rate and the loss terms."""
+    per_class = (ev["hits"] / ev["totals"].clamp_min(1) * 100).cpu()
+    per_class_raw = (ev["hits_raw"] / ev["totals"].clamp_min(1) * 100).cpu()
+    total = float(ev["totals"].sum())
+    many, medium, few = group_accuracy(per_class, groups)
+    many_raw, medium_raw, few_raw = group_accuracy(per_class_raw, groups)
+    return {
+        "config_hash": cfg.config_hash, "stage": stage, "epoch": epoch,
+        "top1": float(ev["hits"].sum()) / total * 100, "top1_raw": float(ev["hits_raw"].sum()) / total * 100,
+        "top5": float(ev["top5"]) / total * 100,
+        "many": many, "medium": medium, "few": few,
+        "many_raw": many_raw, "medium_raw": medium_raw, "few_raw": few_raw,
+        "prior_kl": prior_kl(true_prior, prior.cpu()) if prior is not None else None,
+        "pseudo_label_acc": confidence[0], "mmc": confidence[1],
+        "prior_est": prior.cpu().double().tolist() if prior is not None else None,
+        "per_class_acc": per_class.tolist(),
+    }
+
+
 def fit(cfg: TrialConfig, options: RunOptions, on_epoch: Callable[[dict, Path | None], None] | None = None,
         comm: Comm | None = None, resume_from: str | Path | None = None) -> FitResult:
     """Train `cfg` to the end (or from `resume_from`, a checkpoint file) and return the metric history."""
@@ -171,20 +208,8 @@ def fit(cfg: TrialConfig, options: RunOptions, on_epoch: Callable[[dict, Path | 
         history = list(resume["history"])
 
     net = None
-    stages = method.stages()
-    stage_names = [s for s, _ in stages]
-    epoch_offset = 0  # batch order and augmentation keys run on across stages
-    for stage, stage_epochs in stages:
-        start_epoch = 0
-        if resume is not None:
-            done_stage = stage_names.index(resume["stage"])
-            here = stage_names.index(stage)
-            if here < done_stage or (here == done_stage and resume["epoch"] >= stage_epochs):
-                epoch_offset += stage_epochs
-                continue
-            if here == done_stage:
-                start_epoch = resume["epoch"]
-
+    stage_names = [s for s, _ in method.stages()]
+    for stage, stage_epochs, start_epoch, epoch_offset in resume_plan(method.stages(), resume):
         net = create_model(cfg.arch, k, seed=cfg.seed + stage_names.index(stage), device=device,
                            precision=cfg.precision)
         optimizer, scheduler = build_optimizer(cfg, net, list(method.extra_parameters(net)))
@@ -239,32 +264,15 @@ def fit(cfg: TrialConfig, options: RunOptions, on_epoch: Callable[[dict, Path | 
                 raise TrainingDiverged(
                     f"training loss is {means['loss']} ({terms}) in {stage} epoch {epoch} of {cfg.describe()} "
                     f"[{cfg.config_hash}]; stopping. The last checkpoint holds the state before this epoch.")
-            per_class = (ev["hits"] / ev["totals"].clamp_min(1) * 100).cpu()
-            per_class_raw = (ev["hits_raw"] / ev["totals"].clamp_min(1) * 100).cpu()
-            total = float(ev["totals"].sum())
-            prior = method.prior_estimate(model.classifier)
-            pl_acc, mmc = confidence_summary(method.confidences, train_labels)
-            many, medium, few = group_accuracy(per_class, groups)
-            many_raw, medium_raw, few_raw = group_accuracy(per_class_raw, groups)
-            row = {
-                "config_hash": cfg.config_hash, "stage": stage, "epoch": epoch,
-                "top1": float(ev["hits"].sum()) / total * 100, "top1_raw": float(ev["hits_raw"].sum()) / total * 100,
-                "top5": float(ev["top5"]) / total * 100,
-                "many": many, "medium": medium, "few": few,
-                "many_raw": many_raw, "medium_raw": medium_raw, "few_raw": few_raw,
-                "prior_kl": prior_kl(true_prior, prior.cpu()) if prior is not None else None,
-                "pseudo_label_acc": pl_acc, "mmc": mmc, "lr": lr,
-                **means,  # the method's loss terms: base columns and its own (MethodSpec.epoch_columns)
-                "epoch_s": epoch_s, "eval_s": eval_s, "images_per_s": samples_per_epoch / max(epoch_s, 1e-9),
-                "prior_est": prior.cpu().double().tolist() if prior is not None else None,
-                "per_class_acc": per_class.tolist(),
-                **extra,
-            }
+            row = epoch_row(cfg, stage, epoch, ev, method.prior_estimate(model.classifier),
+                            confidence_summary(method.confidences, train_labels), groups, true_prior)
+            row.update(lr=lr, **means, epoch_s=epoch_s, eval_s=eval_s,
+                       images_per_s=samples_per_epoch / max(epoch_s, 1e-9), **extra)
             history.append(row)
 
             ckpt_path = None
-            last = epoch == stage_epochs - 1
             if is_writer and out_dir is not None:
+                last = epoch == stage_epochs - 1
                 if last or (epoch + 1) % options.checkpoint_every == 0:
                     ckpt_path = out_dir / FILENAME
                     save_checkpoint(
@@ -277,7 +285,6 @@ def fit(cfg: TrialConfig, options: RunOptions, on_epoch: Callable[[dict, Path | 
                 print(format_epoch(row, stage_epochs, cfg), flush=True)
             if on_epoch is not None:
                 on_epoch(row, ckpt_path)
-        epoch_offset += stage_epochs
     return FitResult(history=history, data=data, method=method, model=None if net is None else unwrap(net))
 
 
