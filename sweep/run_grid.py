@@ -13,11 +13,13 @@ import os
 import sys
 from pathlib import Path
 
-# Run as a script, Python puts sweep/ itself first on sys.path, where our module names (schema, results, tune)
-# could shadow other packages' imports; put the repository root there instead.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
+# Run as a script (`python sweep/run_grid.py`), Python puts sweep/ itself first on sys.path, where our module
+# names (schema, results, tune) could shadow other packages' imports; put the repository root there instead. The
+# console command `records-sweep` (pyproject.toml) imports this module normally and needs none of it.
+if __name__ == "__main__":
+    _HERE = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+    sys.path.insert(0, str(_HERE.parent))
 
 from sweep.grids import PRESETS, GridError, describe_cells, load_grid_file, parse_seeds, parse_set, variants  # noqa: E402
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import DATASETS
+from ..config import DATASETS, FULL_CLASS_SIZE, TEST_CLASS_SIZE
 
 _SPLITS = ("train", "test")
 _SIDE = 32
@@ -365,9 +365,9 @@ def _check_labels(labels: np.ndarray, coarse: np.ndarray | None, num_classes: in
 
 _SYNTHETIC_SEED = 0x43494641  # arbitrary, fixed: the synthetic data must be identical in every process
 _SYNTHETIC_PER_CLASS = {
-    ("cifar10", "train"): 5000, ("cifar10", "test"): 1000,
-    ("cifar100", "train"): 500, ("cifar100", "test"): 100,
-}  # fmt: skip
+    **{(name, "train"): n for name, n in FULL_CLASS_SIZE.items()},
+    **{(name, "test"): n for name, n in TEST_CLASS_SIZE.items()},
+}  # the real splits' class sizes
 # Pixel centres on a unit-width image: frequencies below are in cycles per image width.
 _COORD = ((np.arange(_SIDE, dtype=np.float32) - (_SIDE - 1) / 2) / _SIDE).astype(np.float32)
 # Textures survive the weak augmentation: all are mapped to themselves by a horizontal flip (stripes at angle
