@@ -4,10 +4,12 @@ the analysis on its output, a killed driver resumed, a killed worker replaced, t
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,7 +20,7 @@ import pytest
 
 from sweep.cluster import is_loopback
 from sweep.grids import PRESETS
-from sweep.results import total_epochs
+from sweep.results import epoch_step, total_epochs
 from sweep.schema import EPOCHS_SCHEMA, RUNS_SCHEMA
 
 pytestmark = pytest.mark.slow
@@ -98,16 +100,27 @@ def listening_sockets(root_pid: int) -> set[tuple[str, str, int]]:
     return found
 
 
-def run_grid_watching_sockets(*args, timeout=600):
+def scrape(url: str, prefix: str) -> list[str]:
+    """The Prometheus text lines starting with `prefix` that `url` serves now ([] while it is not up)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return [ln for ln in response.read().decode().splitlines() if ln.startswith(prefix)]
+    except OSError:
+        return []
+
+
+def run_grid_watching_sockets(*args, timeout=600, metrics_url=None, env=None):
     """run_grid, sampling the listening sockets of the driver and every process it starts (the local Ray's) each
-    second while it runs."""
+    second while it runs, and the cells' metrics at `metrics_url` (into .scraped)."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen([sys.executable, RUN_GRID, *args, *LOCAL_RAY], stdout=out, stderr=err, text=True,
-                                env=RAY_ENV, start_new_session=True)
-        sockets, end = set(), time.time() + timeout
+                                env={**RAY_ENV, **(env or {})}, start_new_session=True)
+        sockets, scraped, end = set(), [], time.time() + timeout
         try:
             while proc.poll() is None and time.time() < end:
                 sockets |= listening_sockets(proc.pid)
+                if metrics_url:
+                    scraped += scrape(metrics_url, "ray_records_cell_")
                 time.sleep(1)
         finally:
             if proc.poll() is None:
@@ -115,13 +128,22 @@ def run_grid_watching_sockets(*args, timeout=600):
             proc.wait()
         out.seek(0)
         err.seek(0)
-        return SimpleNamespace(returncode=proc.returncode, stdout=out.read(), stderr=err.read()), sockets
+        return SimpleNamespace(returncode=proc.returncode, stdout=out.read(), stderr=err.read(),
+                               scraped=scraped), sockets
 
 
 @pytest.fixture(scope="module")
 def smoke_sweep(tmp_path_factory):
+    """The smoke preset with TensorBoard and MLflow on, its node's metrics endpoint read while it runs."""
     storage = tmp_path_factory.mktemp("sweeps")
-    out, sockets = run_grid_watching_sockets("--preset", "smoke", "--storage", str(storage), "--name", "smoke")
+    with socket.socket() as probe:  # a free port for the node's metrics export
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # metrics pushed every second instead of Ray's 10 s, so that even a short cell shows up
+    out, sockets = run_grid_watching_sockets("--preset", "smoke", "--storage", str(storage), "--name", "smoke",
+                                             "--log-to", "tensorboard,mlflow", "--metrics-export-port", str(port),
+                                             metrics_url=f"http://127.0.0.1:{port}/metrics",
+                                             env={"RAY_metrics_report_interval_ms": "1000"})
     ray_stop()
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return storage / "smoke", out, sockets
@@ -161,6 +183,53 @@ def test_local_ray_listens_on_loopback_only(smoke_sweep):
     exposed = sorted(s for s in sockets if not is_loopback(s[1])
                      and not any(s[0].startswith(name) for name in NON_LOOPBACK_ALLOWED))
     assert not exposed, exposed
+
+
+def test_trackers_read_back_like_parquet(smoke_sweep):
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    sweep, _, _ = smoke_sweep
+    cells = {c.config_hash: c for c in PRESETS["smoke"].cells()}
+    epochs = pq.read_table(sweep / "epochs.parquet").to_pandas()
+    expected = {h: {epoch_step(cells[h], r.stage, r.epoch): r.top1 for r in grp.itertuples()}
+                for h, grp in epochs.groupby("config_hash")}
+    assert len(expected) == len(cells)
+
+    client = MlflowClient(f"sqlite:///{sweep / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    by_hash = {r.data.params["config_hash"]: r for r in runs}
+    assert set(by_hash) == set(cells) and all(r.info.status == "FINISHED" for r in runs)
+    for h, run in by_hash.items():
+        assert run.data.params["method"] == cells[h].method and float(run.data.params["q"]) == cells[h].q
+        history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "top1")}
+        assert history == expected[h], h
+
+    for h in cells:
+        [folder] = sweep.glob(f"tune-*/cell-*-{h}")
+        events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+        events.Reload()
+        board = {s.step: s.value for s in events.Scalars("ray/tune/top1")}
+        assert board.keys() == expected[h].keys()
+        assert all(abs(board[k] - v) < 1e-4 * max(1, abs(v)) for k, v in expected[h].items())  # stored as float32
+
+
+def test_cells_export_live_metrics(smoke_sweep):
+    import re
+
+    _, out, _ = smoke_sweep
+    cells = {c.config_hash: c for c in PRESETS["smoke"].cells()}
+    samples = [re.match(r'ray_records_cell_(\w+)\{(.*)\} (\S+)$', line) for line in out.scraped]
+    samples = [(m[1], dict(re.findall(r'(\w+)="([^"]*)"', m[2])), float(m[3])) for m in samples if m]
+    assert {name for name, _, _ in samples} == {"epoch", "top1", "samples_per_s"}, out.scraped[:5]
+    for name, tags, value in samples:
+        cell = cells[tags["config_hash"]]  # a cell of this sweep
+        if name == "epoch":
+            assert 1 <= value <= total_epochs(cell)
+        elif name == "top1":
+            assert 0 <= value <= 100
+        else:
+            assert value > 0
 
 
 def test_analysis_report_and_notebook_on_the_smoke_sweep(smoke_sweep, tmp_path):
