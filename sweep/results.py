@@ -53,6 +53,10 @@ class SweepStore:
         self.root = root.rstrip("/") + "/" + name
         self._counter = 0  # with the pid and the clock, makes chunk names unique
 
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
 
