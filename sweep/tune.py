@@ -345,6 +345,10 @@ def ray_runtime_env(ship_code: bool) -> dict:
         # short epochs, harmless to shorten.
         "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25"),
     }}
+    from trainables.methods import PLUGIN_ENV
+
+    if os.environ.get(PLUGIN_ENV):  # methods loaded from outside the package (docs/methods.md); local workers
+        env["env_vars"][PLUGIN_ENV] = os.environ[PLUGIN_ENV]  # inherit it anyway, remote ones need it passed
     if ship_code:  # a remote cluster gets the project's code with the job
         import analysis
         import sweep
