@@ -11,6 +11,7 @@ Both views of a sample count as one. Measured side by side in one process:
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import time
@@ -50,7 +51,13 @@ def main() -> None:
     images = np.ascontiguousarray(load_split("cifar10", "train", args.data_root).images[:args.images])
     dataset = TwoViewDataset(images, seed=0)
     sampler = EpochBatchSampler(len(images), args.batch, seed=0)
-    keys = iter(sampler)
+
+    def endless_keys():
+        for epoch in itertools.count():
+            sampler.set_epoch(epoch)
+            yield from sampler
+
+    keys = endless_keys()
 
     def pil_step():
         dataset.__getitems__(next(keys))
