@@ -1,6 +1,7 @@
 """`build_dataset` over every source: LT counts, NU superclass rates and shuffle keys, test subsets, normalisation;
 and a real run on the shared CIFAR-10 copy."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -84,7 +85,10 @@ def test_sampler_shards_global_batches_over_ranks():
 @pytest.mark.skipif(not (SHARED / "cifar10").is_dir(), reason=f"the shared CIFAR-10 copy is not at {SHARED}")
 def test_one_epoch_on_the_shared_cifar10(tmp_path):
     out = tmp_path / "run"
+    # a third of each class and of the test split keeps the real-data epoch cheap in CI; the full split sizes are
+    # checked below without training
     argv = ["--dataset", "cifar10", "--rho", "100", "--q", "0.3", "--records", "--arch", "small-cnn", "--epochs", "1",
+            "--img-max", "1666", "--test-per-class", "300",
             "--data-root", str(SHARED), "--out", str(out), "--num-workers", "1"]
     assert train_cli.main(argv) == 0
     rows = pd.read_parquet(out / "epochs.parquet")
@@ -93,5 +97,7 @@ def test_one_epoch_on_the_shared_cifar10(tmp_path):
     assert row["images_per_s"] > 0 and 0 <= row["top1"] <= 100 and len(row["per_class_acc"]) == 10
     ckpt_cfg = TrialConfig.from_dict(json.loads((out / "config.json").read_text()))
     assert ckpt_cfg.rho == 100 and ckpt_cfg.records
-    data = build_dataset(ckpt_cfg, str(SHARED))
+    assert ckpt_cfg.img_max == 1666 and ckpt_cfg.test_per_class == 300
+    assert len(build_dataset(ckpt_cfg, str(SHARED)).test_labels) == 3000
+    data = build_dataset(dataclasses.replace(ckpt_cfg, img_max=None, test_per_class=None), str(SHARED))
     assert len(data.train.labels) == 12406 and len(data.test_labels) == 10000
