@@ -29,25 +29,35 @@ SOLAR = TrialConfig(dataset="cifar10", rho=10, q=0.3, img_max=60, test_per_class
                     batch_size=32, method="solar", params=dict(est_epochs=1, queue_batches=2))
 
 
-def _rank_main(rank: int, world: int, port: int, out_dir: str, cfg: TrialConfig = CFG) -> None:
+def _rank_entry(rank: int, world: int, port: int, out_dir: str, body, args: tuple) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        result = fit(cfg, RunOptions(data_root="synthetic", num_workers=0, verbose=False), comm=TorchDistComm())
-        state = {"W": result.method.confidences, "model": result.model.state_dict(), "history": result.history}
-        if cfg.method == "solar":
-            state.update(prior=result.method.prior, queue=result.method.queue)
-        else:
-            state["mu"] = result.method.mu
-        torch.save(state, os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.save(body(*args), os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
+def run_ranks(body, out_dir, *args, world: int = 2) -> list[dict]:
+    """Run `body(*args)` on `world` gloo ranks (processes); return what each rank's call returned (tensors, state
+    dicts and plain values). `body` must be a module-level function, so the spawned ranks can import it."""
+    mp.spawn(_rank_entry, args=(world, _free_port(), str(out_dir), body, args), nprocs=world, join=True)
+    return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=True) for r in range(world)]
+
+
+def _fit_state(cfg: TrialConfig) -> dict:
+    result = fit(cfg, RunOptions(data_root="synthetic", num_workers=0, verbose=False), comm=TorchDistComm())
+    state = {"W": result.method.confidences, "model": result.model.state_dict(), "history": result.history}
+    if cfg.method == "solar":
+        state.update(prior=result.method.prior, queue=result.method.queue)
+    else:
+        state["mu"] = result.method.mu
+    return state
+
+
 @pytest.mark.slow
 def test_two_ranks_stay_identical(tmp_path):
-    mp.spawn(_rank_main, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    r0, r1 = run_ranks(_fit_state, tmp_path, CFG)
     assert torch.equal(r0["W"], r1["W"])
     assert torch.equal(r0["mu"], r1["mu"])
     for key, value in r0["model"].items():  # weights and BatchNorm statistics (rank 0's, after each epoch)
@@ -70,8 +80,7 @@ def test_two_ranks_stay_identical(tmp_path):
 
 @pytest.mark.slow
 def test_two_ranks_of_solar_share_queue_prior_and_confidences(tmp_path):
-    mp.spawn(_rank_main, args=(2, _free_port(), str(tmp_path), SOLAR), nprocs=2, join=True)
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    r0, r1 = run_ranks(_fit_state, tmp_path, SOLAR)
     for key in ("W", "prior", "queue"):
         assert torch.equal(r0[key], r1[key]), key
     assert r0["queue"].abs().sum() > 0  # the queue holds both ranks' rows

@@ -7,11 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from trainables.comm import Comm
 from trainables.config import TrialConfig
 from trainables.loop import build_optimizer
 from trainables.methods.corr import CorrFamily, CorrVariant, corr_loss, disambiguate, initial_confidences
 from trainables.methods.mixup import draw_mixup, mix
-from trainables.methods.records import estimate_class_prior, log_prior, update_feature_mean
+from trainables.methods.records import RecordsPrior, estimate_class_prior, log_prior, update_feature_mean
 from trainables.models import ModelHandle, create_model
 
 K = 10
@@ -120,6 +121,29 @@ def test_feature_mean_ema_starts_from_zero():
     mu = update_feature_mean(None, f1, 0.9)
     torch.testing.assert_close(mu, 0.1 * f1)
     torch.testing.assert_close(update_feature_mean(mu, f2, 0.9), 0.9 * 0.1 * f1 + 0.1 * f2)
+
+
+class _TwoRankComm(Comm):
+    """A stand-in for rank 0 of two ranks, whose peer's batch features are `peer` (sums add up)."""
+
+    def __init__(self, peer: torch.Tensor):
+        self.peer = peer
+
+    def all_reduce_sum(self, tensor):
+        return tensor + torch.cat([self.peer.sum(dim=0), self.peer.new_tensor([len(self.peer)])])
+
+
+def test_records_prior_averages_over_the_global_batch_and_round_trips():
+    fc = torch.nn.Linear(8, K)
+    mine, peer = torch.rand(5, 8, generator=_gen(1)), torch.rand(3, 8, generator=_gen(2))
+    tracker = RecordsPrior(0.9, _TwoRankComm(peer))
+    assert tracker.estimate(fc) is None and tracker.state() is None  # nothing before the first step
+    tracker.update(mine)
+    torch.testing.assert_close(tracker.mu, 0.1 * torch.cat([mine, peer]).mean(dim=0))  # 8 samples, not 5
+    torch.testing.assert_close(tracker.estimate(fc), estimate_class_prior(tracker.mu, fc.weight, fc.bias))
+    restored = RecordsPrior(0.9, Comm())
+    restored.load(tracker.state(), torch.device("cpu"))
+    assert torch.equal(restored.mu, tracker.mu)
 
 
 def test_mixup_draws():

@@ -225,34 +225,21 @@ def test_resume_is_bit_identical_and_the_checkpoint_holds_everything(tmp_path):
             assert torch.equal(value, getattr(resumed.method, name).state_dict()[key]), (name, key)
 
 
-def _rank_main(rank: int, world: int, port: int, out_dir: str) -> None:
-    import os
-
-    import torch.distributed as dist
-
+def _pico_rank_state() -> dict:
     from trainables.comm import TorchDistComm
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        cfg = TrialConfig(**{**SMALL, "epochs": 1, "upd_start": 0}, records=True)  # SupCon and W updates at once
-        m = fit(cfg, OPTS, comm=TorchDistComm()).method
-        torch.save({"W": m.confidences, "mu": m.mu, "queue": m.queue, "queue_labels": m.queue_labels,
-                    "ptr": m.queue_ptr, "prototypes": m.prototypes, "head": m.head.state_dict(),
-                    "key_head": m.key_head.state_dict(), "key_net": m.key_net.state_dict()},
-                   os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+    cfg = TrialConfig(**{**SMALL, "epochs": 1, "upd_start": 0}, records=True)  # SupCon and W updates at once
+    m = fit(cfg, OPTS, comm=TorchDistComm()).method
+    return {"W": m.confidences, "mu": m.mu, "queue": m.queue, "queue_labels": m.queue_labels, "ptr": m.queue_ptr,
+            "prototypes": m.prototypes, "head": m.head.state_dict(), "key_head": m.key_head.state_dict(),
+            "key_net": m.key_net.state_dict()}
 
 
 @pytest.mark.slow
 def test_two_ranks_share_queue_prototypes_confidences_and_head(tmp_path):
-    import torch.multiprocessing as mp
+    from tests.test_distributed import run_ranks
 
-    from tests.test_distributed import _free_port
-
-    mp.spawn(_rank_main, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    r0, r1 = run_ranks(_pico_rank_state, tmp_path)
     for key in ("W", "mu", "queue", "queue_labels", "prototypes"):
         assert torch.equal(r0[key], r1[key]), key
     assert r0["ptr"] == r1["ptr"] == (3 * 32) % 64

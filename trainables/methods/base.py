@@ -132,6 +132,7 @@ class PLLMethod:
     Only `train_step` and the state are required; the rest have neutral defaults."""
 
     confidences: torch.Tensor  # W [N, K]: the current label confidences of the training samples
+    records_prior = None  # a RecordsPrior (methods/records.py) for a method that tracks RECORDS' mu
 
     def __init__(self, cfg, candidates: torch.Tensor, class_counts: list[int], device: torch.device, comm=None):
         raise NotImplementedError
@@ -168,8 +169,14 @@ class PLLMethod:
         ranks cover the set once). Extra scalar logs are returned."""
         return {}
 
+    @property
+    def mu(self) -> torch.Tensor | None:
+        """RECORDS' feature mean, where the method tracks it."""
+        return None if self.records_prior is None else self.records_prior.mu
+
     def prior_estimate(self, classifier: torch.nn.Linear) -> torch.Tensor | None:
-        return None
+        """The method's current class-prior estimate (logged as pi_hat each epoch), or None."""
+        return None if self.records_prior is None else self.records_prior.estimate(classifier)
 
     def adjust_test_logits(self, logits: torch.Tensor, classifier: torch.nn.Linear) -> torch.Tensor:
         return logits

@@ -20,7 +20,7 @@ from ..comm import Comm
 from ..config import ORACLE_LA_MODES, TrialConfig
 from .base import MethodSpec, PLLMethod, register, two_view_cost
 from .mixup import draw_mixup, mix
-from .records import EPS, estimate_class_prior, log_prior, update_feature_mean
+from .records import EPS, RecordsPrior, log_prior, shift_logits
 
 # ---------------------------------------------------------------------------------------------------------------
 # Pure functions
@@ -123,27 +123,20 @@ class CorrFamily(PLLMethod):
         self.confidences = initial_confidences(self.candidates)
         counts = torch.as_tensor(class_counts, dtype=torch.float64)
         self.oracle_prior = (counts / counts.sum()).to(device=device, dtype=torch.float32)
-        self.mu: torch.Tensor | None = None  # tracked for every variant: it gives the logged pi_hat diagnostic
+        self.records_prior = RecordsPrior(cfg.prior_momentum, self.comm)
         self.faithful_arith = cfg.is_faithful("disamb_arith")
         self.loss_shift = log_prior(self.oracle_prior) if self.variant.loss_prior == "oracle" else None
 
     # -- priors -------------------------------------------------------------------------------------------------
-    def prior_estimate(self, classifier: torch.nn.Linear) -> torch.Tensor | None:
-        """RECORDS' pi_hat from the current mu and classifier (None before the first step)."""
-        if self.mu is None:
-            return None
-        return estimate_class_prior(self.mu, classifier.weight, classifier.bias)
-
     def _prior(self, which: str | None, classifier: torch.nn.Linear) -> torch.Tensor | None:
         if which == "oracle":
             return self.oracle_prior
         if which == "estimate":
-            return self.prior_estimate(classifier)
+            return self.records_prior.estimate(classifier)
         return None
 
     def adjust_test_logits(self, logits: torch.Tensor, classifier: torch.nn.Linear) -> torch.Tensor:
-        prior = self._prior(self.variant.test_prior, classifier)
-        return logits if prior is None else logits - log_prior(prior)
+        return shift_logits(logits, self._prior(self.variant.test_prior, classifier))
 
     # -- one step -----------------------------------------------------------------------------------------------
     def train_step(self, model, x_weak: torch.Tensor, x_strong: torch.Tensor, idx: torch.Tensor, epoch: int,
@@ -174,11 +167,8 @@ class CorrFamily(PLLMethod):
             mix_loss = cfg.mixup_weight * (mix_neg + mix_con)
         loss = neg + con + mix_loss
 
-        # mu: EMA of the mean clean-view feature over the *global* batch (sum and count reduced across ranks).
-        with torch.no_grad():
-            f = 0.5 * (features[:b] + features[b:2 * b])
-            stats = self.comm.all_reduce_sum(torch.cat([f.sum(dim=0), f.new_tensor([b])]))
-            self.mu = update_feature_mean(self.mu, stats[:-1] / stats[-1], cfg.prior_momentum)
+        f = features.detach()
+        self.records_prior.update(0.5 * (f[:b] + f[b:2 * b]))  # the mean of the two clean views' features
 
         if updating:
             classifier = model.classifier
@@ -197,12 +187,12 @@ class CorrFamily(PLLMethod):
 
     # -- checkpoint ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"confidences": self.confidences.cpu(), "mu": None if self.mu is None else self.mu.cpu()}
+        return {"confidences": self.confidences.cpu(), "mu": self.records_prior.state()}
 
     def load_state_dict(self, state: dict) -> None:
         device = self.candidates.device
         self.confidences = state["confidences"].to(device)
-        self.mu = None if state["mu"] is None else state["mu"].to(device)
+        self.records_prior.load(state["mu"], device)
 
 
 def corr_cost(cfg: TrialConfig, n_train: int, per_epoch: int, n_test: int) -> tuple[float, float]:

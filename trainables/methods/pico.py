@@ -29,7 +29,7 @@ from ..config import TrialConfig
 from ..models import ModelHandle, init_parameters, unwrap
 from .base import MethodSpec, PLLMethod, register
 from .corr import initial_confidences
-from .records import estimate_class_prior, log_prior, update_feature_mean
+from .records import RecordsPrior, log_prior
 
 _HEAD_SEED_OFFSET = 7919  # the head's init generator: apart from the backbone's (seed + stage index)
 _QUEUE_SEED_OFFSET = 104729  # the initial queue's generator
@@ -198,7 +198,7 @@ class Pico(PLLMethod):
         self.queue_labels = torch.full((self.hp.queue,), -1, dtype=torch.long, device=device)
         self.queue_ptr = 0  # host-side: the global batch size is fixed, so it needs no device read
         self.prototypes = torch.zeros(self.num_classes, self.hp.low_dim, device=device)
-        self.mu: torch.Tensor | None = None
+        self.records_prior = RecordsPrior(cfg.prior_momentum, self.comm)
         self.head: ProjectionHead | None = None
         self.key_net: nn.Module | None = None
         self.key_head: ProjectionHead | None = None
@@ -253,11 +253,6 @@ class Pico(PLLMethod):
         torch._foreach_add_(key, query, alpha=1.0 - m)
 
     # -- priors --------------------------------------------------------------------------------------------------
-    def prior_estimate(self, classifier: nn.Linear) -> torch.Tensor | None:
-        if self.mu is None:
-            return None
-        return estimate_class_prior(self.mu, classifier.weight, classifier.bias)
-
     def adjustment(self, classifier: nn.Linear) -> torch.Tensor | None:
         """log(pi-hat + eps) with the current mu and classifier, or None (plain PiCO, or before the first step)."""
         prior = self.prior_estimate(classifier) if self.cfg.records else None
@@ -279,8 +274,7 @@ class Pico(PLLMethod):
 
         with torch.no_grad():
             # RECORDS' mu: EMA of the global batch-mean weak phi of the query encoder (§P4.1)
-            stats = comm.all_reduce_sum(torch.cat([feat.detach().sum(dim=0), feat.new_tensor([len(idx)])]))
-            self.mu = update_feature_mean(self.mu, stats[:-1] / stats[-1], cfg.prior_momentum)
+            self.records_prior.update(feat.detach())
             adj = self.adjustment(model.classifier)
             # 2. the classifier pseudo-label, debiased in reading (a) once updating (or always, if asked)
             z_d = z.detach()
@@ -340,14 +334,14 @@ class Pico(PLLMethod):
     def state_dict(self) -> dict:
         modules = {name: {k: v.cpu() for k, v in getattr(self, name).state_dict().items()}
                    for name in ("head", "key_net", "key_head") if getattr(self, name) is not None}
-        return {"confidences": self.confidences.cpu(), "mu": None if self.mu is None else self.mu.cpu(),
+        return {"confidences": self.confidences.cpu(), "mu": self.records_prior.state(),
                 "queue": self.queue.cpu(), "queue_labels": self.queue_labels.cpu(), "queue_ptr": self.queue_ptr,
                 "prototypes": self.prototypes.cpu(), **modules}
 
     def load_state_dict(self, state: dict) -> None:
         device = self.device
         self.confidences = state["confidences"].to(device)
-        self.mu = None if state["mu"] is None else state["mu"].to(device)
+        self.records_prior.load(state["mu"], device)
         self.queue = state["queue"].to(device)
         self.queue_labels = state["queue_labels"].to(device)
         self.queue_ptr = int(state["queue_ptr"])

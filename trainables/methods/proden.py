@@ -20,7 +20,7 @@ from ..config import ORACLE_LA_MODES, ConfigError, TrialConfig
 from .base import MethodSpec, PLLMethod, register
 from .corr import initial_confidences
 from .mixup import draw_mixup, mix
-from .records import estimate_class_prior, log_prior, update_feature_mean
+from .records import RecordsPrior, log_prior, shift_logits
 
 PRIOR_SOURCES = ("oracle", "candidate_uniform")
 MASKS = ("original", "current")
@@ -86,7 +86,7 @@ class Proden(PLLMethod):
         self.comm = comm or Comm()
         self.candidates = candidates.to(device=device, dtype=torch.bool)
         self.confidences = initial_confidences(self.candidates)
-        self.mu: torch.Tensor | None = None
+        self.records_prior = RecordsPrior(cfg.prior_momentum, self.comm)
         self.faithful = cfg.is_faithful("disamb_arith")
         if cfg.params.prior_source == "oracle":
             counts = torch.as_tensor(class_counts, dtype=torch.float64)
@@ -99,21 +99,15 @@ class Proden(PLLMethod):
         self.test_prior = "estimate" if cfg.records else ("fixed" if ola in ("disamb", "posthoc") else None)
         self.loss_shift = log_prior(self.fixed_prior) if ola == "loss" else None
 
-    def prior_estimate(self, classifier: torch.nn.Linear) -> torch.Tensor | None:
-        if self.mu is None:
-            return None
-        return estimate_class_prior(self.mu, classifier.weight, classifier.bias)
-
     def _prior(self, which: str | None, classifier: torch.nn.Linear) -> torch.Tensor | None:
         if which == "fixed":
             return self.fixed_prior
         if which == "estimate":
-            return self.prior_estimate(classifier)
+            return self.records_prior.estimate(classifier)
         return None
 
     def adjust_test_logits(self, logits: torch.Tensor, classifier: torch.nn.Linear) -> torch.Tensor:
-        prior = self._prior(self.test_prior, classifier)
-        return logits if prior is None else logits - log_prior(prior)
+        return shift_logits(logits, self._prior(self.test_prior, classifier))
 
     def train_step(self, model, x_weak: torch.Tensor, x_strong: torch.Tensor, idx: torch.Tensor, epoch: int,
                    step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -137,10 +131,7 @@ class Proden(PLLMethod):
                                                       mix(w_old, lam, perm), self.faithful)
         loss = ce + mix_loss
 
-        with torch.no_grad():  # mu: EMA of the weak view's mean feature over the global batch
-            f = features[:b]
-            stats = self.comm.all_reduce_sum(torch.cat([f.sum(dim=0), f.new_tensor([b])]))
-            self.mu = update_feature_mean(self.mu, stats[:-1] / stats[-1], cfg.prior_momentum)
+        self.records_prior.update(features[:b].detach())  # the weak view's features
 
         if updating:
             prior = self._prior(self.update_prior, model.classifier)
@@ -150,12 +141,12 @@ class Proden(PLLMethod):
         return loss, {"loss": loss.detach(), "loss_ce": ce.detach(), "loss_mix": mix_loss.detach()}
 
     def state_dict(self) -> dict:
-        return {"confidences": self.confidences.cpu(), "mu": None if self.mu is None else self.mu.cpu()}
+        return {"confidences": self.confidences.cpu(), "mu": self.records_prior.state()}
 
     def load_state_dict(self, state: dict) -> None:
         device = self.candidates.device
         self.confidences = state["confidences"].to(device)
-        self.mu = None if state["mu"] is None else state["mu"].to(device)
+        self.records_prior.load(state["mu"], device)
 
 
 # ---------------------------------------------------------------------------------------------------------------
