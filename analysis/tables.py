@@ -309,7 +309,7 @@ def compare_published(runs: pd.DataFrame, dataset_table: str, *, best: bool = Fa
         note = f"There is no published table for {dataset_table} (the README has CIFAR-10-LT and CIFAR-100-LT only)."
     title = f"{dataset_table}: test top1 (%) {_when(best)} vs the published numbers"
     caption = f"{_rule(tidy.attrs['row_keys'][dataset_table])} {note} Δ = our mean − published."
-    off = off_paper_settings(runs[[table_name(d, n) == dataset_table for d, n in zip(runs["dataset"], runs["nu"])]])
+    off = off_paper_settings(in_table(runs, dataset_table))
     if off:
         caption += (" Caution: these runs differ from the paper's settings (" + ", ".join(off)
                     + "), so the published numbers are not their target.")
@@ -370,6 +370,11 @@ def shots_table(runs: pd.DataFrame, dataset_table: str, *, raw: bool = False,
     return _decorate(_pivot(tidy, "cell", row_extra=["shot"]), title, caption, tidy)
 
 
+def in_table(runs: pd.DataFrame, dataset_table: str) -> pd.DataFrame:
+    """The runs that belong to one of the paper's dataset tables ('CIFAR-10-LT', 'CIFAR-100-LT-NU', ...)."""
+    return runs[[table_name(d, n) == dataset_table for d, n in zip(runs["dataset"], runs["nu"])]]
+
+
 RAW_KINDS = ("adjusted (top1)", "raw (top1_raw)", "gain (top1 − top1_raw)")
 
 
@@ -382,7 +387,7 @@ def raw_vs_adjusted_tidy(runs: pd.DataFrame, dataset_table: str | None = None, *
     """
     sel = runs if all_methods else runs[runs["records"].fillna(False).astype(bool)]
     if dataset_table is not None:
-        sel = sel[[table_name(d, n) == dataset_table for d, n in zip(sel["dataset"], sel["nu"])]]
+        sel = in_table(sel, dataset_table)
     if sel.empty:
         return pd.DataFrame()
     sel = sel.assign(_gain=sel["final_top1"] - sel["final_top1_raw"])
@@ -420,7 +425,7 @@ def records_gain_tidy(runs: pd.DataFrame, dataset_table: str | None = None, *, m
     off = runs["mixup"].fillna(False).astype(bool) | runs["oracle_la"].notna()
     base = runs[~off]
     if dataset_table is not None:
-        base = base[[table_name(d, n) == dataset_table for d, n in zip(base["dataset"], base["nu"])]]
+        base = in_table(base, dataset_table)
     fields = [f for f in CONFIG_FIELDS if f in base.columns and f != "records"]
     key = lambda row: tuple(_key(row[f]) for f in fields)
     is_records = base["records"].fillna(False).astype(bool)
