@@ -95,23 +95,33 @@ def _run_grid(*args, cwd=None, timeout=120):
     return subprocess.run([sys.executable, RUN_GRID, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
-def test_cli_dry_run_and_refusals(tmp_path):
-    out = _run_grid("--preset", "paper", "--dry-run")
+def _main(capsys, *args) -> tuple[int, str, str]:
+    """run_grid's main in this process (the import is paid once, not per case): (exit code, stdout, stderr)."""
+    from sweep.run_grid import main
+
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_dry_run_and_refusals(tmp_path, capsys):
+    out = _run_grid("--preset", "paper", "--dry-run")  # once as the README runs it: a script
     assert out.returncode == 0 and "108 cells" in out.stdout
-    out = _run_grid("--preset", "paper", "--set", "q=7", "--dry-run")
-    assert out.returncode == 2 and "q=7" in out.stderr
+    code, _, err = _main(capsys, "--preset", "paper", "--set", "q=7", "--dry-run")
+    assert code == 2 and "q=7" in err
     # A dry run checks the per-trial settings as a launch would.
-    out = _run_grid("--preset", "quick", "--dry-run", "--cpus-per-trial", "0")
-    assert out.returncode == 2 and "cpus_per_trial=0" in out.stderr
-    out = _run_grid("--preset", "quick", "--dry-run", "--workers-per-trial", "3")
-    assert out.returncode == 2 and "batch_size=64" in out.stderr and "--workers-per-trial=3" in out.stderr
-    out = _run_grid("--preset", "quick", "--data-root", str(tmp_path / "missing"), "--storage", str(tmp_path))
-    assert out.returncode == 2 and str(tmp_path / "missing") in out.stderr
-    out = _run_grid("--preset", "quick", "--data-root", "synthetic", "--storage", str(tmp_path),
-                    "--cpus-per-trial", "0")
-    assert out.returncode == 2 and "cpus_per_trial=0" in out.stderr
-    out = _run_grid("--resume", "--name", "nothing", "--storage", str(tmp_path))
-    assert out.returncode == 2 and "nothing to resume" in out.stderr
+    code, _, err = _main(capsys, "--preset", "quick", "--dry-run", "--cpus-per-trial", "0")
+    assert code == 2 and "cpus_per_trial=0" in err
+    code, _, err = _main(capsys, "--preset", "quick", "--dry-run", "--workers-per-trial", "3")
+    assert code == 2 and "batch_size=64" in err and "--workers-per-trial=3" in err
+    code, _, err = _main(capsys, "--preset", "quick", "--data-root", str(tmp_path / "missing"), "--storage",
+                         str(tmp_path))
+    assert code == 2 and str(tmp_path / "missing") in err
+    code, _, err = _main(capsys, "--preset", "quick", "--data-root", "synthetic", "--storage", str(tmp_path),
+                         "--cpus-per-trial", "0")
+    assert code == 2 and "cpus_per_trial=0" in err
+    code, _, err = _main(capsys, "--resume", "--name", "nothing", "--storage", str(tmp_path))
+    assert code == 2 and "nothing to resume" in err
     assert not any(tmp_path.glob("*/runs.parquet"))  # nothing started, nothing written
 
 
