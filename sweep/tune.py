@@ -23,7 +23,12 @@ from .progress import summarize
 from .results import EPOCH_COLUMNS, SweepStore, epoch_step, total_epochs, write_results
 
 TRAIN_DIR = "train"
-TUNE_FN_CPU = 0.01  # a trial cannot ask for 0 CPU (RAY.md); the smallest share that works
+# The Tune function only waits on its Train run, so it reserves no CPU: all of a cell's CPUs are in its Train workers'
+# placement group, which Ray reserves at once on node(s) where it fits. With a CPU share of its own (it was 0.01) the
+# function could land on another node than its workers and strand that share there: on two nodes of 1 CPU each, only
+# one cell could run at a time. Ray needs a non-empty request (0 CPU alone is refused, RAY.md): a token of memory.
+TUNE_FN_RESOURCES = {"CPU": 0, "memory": 2**20}
+MIN_CPUS_PER_WORKER = 0.01
 
 
 @dataclass(frozen=True)
@@ -35,8 +40,7 @@ class SweepSettings:
     workers_per_trial: int = 1
     """Ray Train workers (DDP ranks) per cell."""
     cpus_per_trial: float = 1.0
-    """CPUs reserved per cell: 0.01 for its Tune function, the rest split evenly over its workers (data loading and
-    CPU compute)."""
+    """CPUs reserved per cell, split evenly over its workers (data loading and CPU compute)."""
     gpus_per_trial: float = 0.0
     """GPUs per cell, split evenly over its workers; a fraction below 1 packs several one-worker cells on a GPU."""
     loader_workers: int | None = None
@@ -50,8 +54,7 @@ class SweepSettings:
 
     @property
     def cpus_per_worker(self) -> float:
-        # The trial's Tune function holds TUNE_FN_CPU of the trial's CPUs; the workers share the rest.
-        return (self.cpus_per_trial - TUNE_FN_CPU) / self.workers_per_trial
+        return self.cpus_per_trial / self.workers_per_trial
 
     @property
     def gpus_per_worker(self) -> float:
@@ -66,7 +69,7 @@ class SweepSettings:
         return max(1, self._whole_cpus() - self.resolved_loader_workers())
 
     def _whole_cpus(self) -> int:
-        # 1.99 CPUs (2 minus the Tune function's share) are 2 CPUs' worth of threads
+        # a fractional share (1.5 CPUs) gives its rounded number of threads
         return max(1, round(self.cpus_per_worker))
 
 
@@ -282,13 +285,14 @@ class ResourceError(ValueError):
 def check_fits(settings: SweepSettings, nodes: list[dict]) -> int:
     """Refuse, with the numbers, a trial that can never be placed; else return how many fit at once.
 
-    A trial is the Tune function (TUNE_FN_CPU) plus its Train workers (each cpus_per_worker CPUs, gpus_per_worker
-    GPUs; the Train controller takes none). Workers may spread over nodes; each must fit on one node.
+    A trial's resources are its Train workers' (each cpus_per_worker CPUs, gpus_per_worker GPUs; the Tune function and
+    the Train controller reserve no CPU). Workers may spread over nodes; each must fit on one node.
     """
     if settings.workers_per_trial < 1:
         raise ResourceError(f"workers_per_trial={settings.workers_per_trial}: need at least 1")
-    if settings.cpus_per_trial <= 2 * TUNE_FN_CPU:
-        raise ResourceError(f"cpus_per_trial={settings.cpus_per_trial}: need more than {2 * TUNE_FN_CPU} CPU per trial")
+    if settings.cpus_per_worker < MIN_CPUS_PER_WORKER:
+        raise ResourceError(f"cpus_per_trial={settings.cpus_per_trial}: need at least {MIN_CPUS_PER_WORKER} CPU per "
+                            "worker")
     if settings.gpus_per_trial < 0:
         raise ResourceError(f"gpus_per_trial={settings.gpus_per_trial}: must be >= 0")
     if settings.workers_per_trial > 1 and 0 < settings.gpus_per_worker < 1:
@@ -307,7 +311,7 @@ def check_fits(settings: SweepSettings, nodes: list[dict]) -> int:
         per_node = ", ".join(f"{n['CPU']:g} CPU/{n['GPU']:g} GPU" for n in free) or "no nodes"
         raise ResourceError(
             f"a trial needs {settings.workers_per_trial} worker(s) x ({settings.cpus_per_worker:g} CPU, "
-            f"{settings.gpus_per_worker:g} GPU) + {TUNE_FN_CPU} CPU = {settings.cpus_per_trial:g} CPU and "
+            f"{settings.gpus_per_worker:g} GPU) = {settings.cpus_per_trial:g} CPU and "
             f"{settings.gpus_per_trial:g} GPU, but the cluster has {total_cpu:g} CPU and {total_gpu:g} GPU "
             f"({per_node}); Ray would wait for it forever. Lower --cpus-per-trial / --gpus-per-trial / "
             "--workers-per-trial, or add resources.")
@@ -320,10 +324,6 @@ def check_fits(settings: SweepSettings, nodes: list[dict]) -> int:
 def _place(capacity: list[dict], settings: SweepSettings) -> list[dict] | None:
     """The free resources after placing one more trial, or None if it does not fit."""
     cap = [dict(c) for c in capacity]
-    host = max(cap, key=lambda c: c["CPU"], default=None)  # the Tune function's share
-    if host is None or host["CPU"] < TUNE_FN_CPU - 1e-9:
-        return None
-    host["CPU"] -= TUNE_FN_CPU
     for _ in range(settings.workers_per_trial):
         fits = [c for c in cap if c["CPU"] + 1e-9 >= settings.cpus_per_worker
                 and c["GPU"] + 1e-9 >= settings.gpus_per_worker]
@@ -380,12 +380,16 @@ def run_cells(store: SweepStore, cells: list[TrialConfig], settings: SweepSettin
         "train_storage": store.uri + "/" + TRAIN_DIR,
     }
     tuner = tune.Tuner(
-        tune.with_resources(run_cell, {"CPU": TUNE_FN_CPU}),
+        tune.with_resources(run_cell, TUNE_FN_RESOURCES),
         param_space=param_space,
         tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent,
                                     trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
         run_config=tune.RunConfig(name=f"tune-{stamp}", storage_path=store.uri, callbacks=[recorder, *trackers],
-                                  verbose=verbose, progress_reporter=_progress_reporter()),
+                                  verbose=verbose, progress_reporter=_progress_reporter(),
+                                  # a trial whose Tune function dies with its node is run once more (elsewhere):
+                                  # its TorchTrainer finds the cell's Train run and continues from its checkpoint.
+                                  # Once: errors of the cell itself are already retried by Train (max_failures).
+                                  failure_config=tune.FailureConfig(max_failures=1)),
     )
     try:
         tuner.fit()
