@@ -1,0 +1,85 @@
+"""A real two-node Ray cluster on this machine (Ray's own multi-node test utility): a sweep through --address runs
+cells on both nodes, records each cell's nodes, and survives losing the worker node: its cell moves to the head
+node and continues from its checkpoint, every epoch exactly once."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+EPOCHS = 4
+ENV = {**os.environ, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1", "PYTHONUNBUFFERED": "1"}
+
+
+def _records(sweep: Path, kind: str = "epochs") -> dict[str, list[dict]]:
+    """The sweep's raw append-only record (records/KIND/*.jsonl), by cell."""
+    rows: dict[str, list[dict]] = {}
+    for chunk in sorted((sweep / "records" / kind).glob("*.jsonl")):
+        for line in chunk.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                rows.setdefault(row["config_hash"], []).append(row)
+    return rows
+
+
+def test_two_node_cluster_runs_cells_on_both_and_survives_losing_a_node(tmp_path):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 96 * 2**20,
+                                                           "include_dashboard": False})
+    worker = cluster.add_node(num_cpus=1, object_store_memory=96 * 2**20)
+    cluster.wait_for_nodes()
+    proc = None
+    try:
+        cmd = [sys.executable, str(ROOT / "sweep" / "run_grid.py"), "--preset", "smoke", "--seeds", "1,2",
+               "--set", "variant=records+mixup", "--set", "dataset=cifar10", "--set", f"epochs={EPOCHS}",
+               "--data-root", "synthetic", "--address", cluster.address, "--storage", str(tmp_path), "--name", "mn",
+               "--max-failures", "3"]
+        log = open(tmp_path / "log", "w")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=ENV, cwd=ROOT)
+        sweep = tmp_path / "mn"
+        end = time.time() + 300
+        # two cells of one method (two seeds) keep pace, so neither is done when the other has its first checkpoint
+        while time.time() < end:  # both cells under way, one on each node, each with a checkpoint
+            cells = _records(sweep) if (sweep / "records" / "epochs").is_dir() else {}
+            if len(cells) == 2 and all(len(r) >= 1 for r in cells.values()):
+                break
+            assert proc.poll() is None, (tmp_path / "log").read_text()[-3000:]
+            time.sleep(0.5)
+        else:
+            raise AssertionError("the two cells did not both start: " + (tmp_path / "log").read_text()[-3000:])
+        nodes_before = {r["config_hash"]: r["node"] for rows in cells.values() for r in rows}
+        assert len(set(nodes_before.values())) == 2, nodes_before  # one cell per node
+        assert all(len(r) < EPOCHS for r in cells.values()), cells  # both still running
+        cluster.remove_node(worker, allow_graceful=False)  # the worker node dies mid-sweep
+        assert proc.wait(timeout=400) == 0, (tmp_path / "log").read_text()[-4000:]
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        cluster.shutdown()
+
+    runs = pq.read_table(sweep / "runs.parquet").to_pandas()
+    epochs = pq.read_table(sweep / "epochs.parquet").to_pandas()
+    assert (runs["status"] == "finished").all(), runs[["label", "status", "error"]]
+    for _, run in runs.iterrows():
+        mine = epochs[epochs["config_hash"] == run["config_hash"]]
+        assert sorted(mine["epoch"]) == list(range(EPOCHS))  # no epoch missing or doubled
+    raw = _records(sweep)
+    for h, rows in raw.items():  # nor in the raw record the Parquet is built from (one report per epoch)
+        assert sorted(r["epoch"] for r in rows) == list(range(EPOCHS)), (h, rows)
+    finishes = [e["config_hash"] for rows in _records(sweep, "events").values() for e in rows if e["event"] == "finish"]
+    assert sorted(finishes) == sorted(runs["config_hash"])  # every cell finished exactly once
+    nodes = {h: list(n) for h, n in zip(runs["config_hash"], runs["nodes"])}
+    assert len({n for ns in nodes.values() for n in ns}) == 2  # cells ran on both nodes
+    moved = [h for h, ns in nodes.items() if len(ns) == 2]
+    assert len(moved) == 1, nodes  # the dead node's cell continued on the head node
+    first_after = min(r["epoch"] for r in raw[moved[0]] if r["node"] == nodes[moved[0]][1])
+    assert first_after > 0  # from its checkpoint, not from scratch
