@@ -174,6 +174,9 @@ NON_LOOPBACK_ALLOWED: dict[str, str] = {
     # (process names are cut to 15 characters: "ray::RayTrainWo")
     "ray::RayTrainWo": "torch.distributed's TCPStore, the rendezvous of a cell's process group, which Ray Train"
                        " sets up even for one worker; torch binds it to every interface and has no option to restrict",
+    # the same worker process, sampled while it runs Ray Train's process-group set-up (Ray retitles a worker after
+    # the method it is running), which is when that store starts listening
+    "ray::execute._setup_torch_process_group": "the same TCPStore, as it is being set up",
 }
 
 
