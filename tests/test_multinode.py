@@ -4,6 +4,7 @@ node and continues from its checkpoint, every epoch exactly once."""
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +18,12 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 4
 ENV = {**os.environ, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1", "PYTHONUNBUFFERED": "1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _records(sweep: Path, kind: str = "epochs") -> dict[str, list[dict]]:
@@ -33,8 +40,11 @@ def _records(sweep: Path, kind: str = "epochs") -> dict[str, list[dict]]:
 def test_two_node_cluster_runs_cells_on_both_and_survives_losing_a_node(tmp_path):
     from ray.cluster_utils import Cluster
 
+    # the head runs its dashboard: Ray Train's clean-up after a cell whose Tune function died with its node asks the
+    # State API, and the function may land on the worker node (README, faults table)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 96 * 2**20,
-                                                           "include_dashboard": False})
+                                                           "include_dashboard": True, "dashboard_host": "127.0.0.1",
+                                                           "dashboard_port": _free_port()})
     worker = cluster.add_node(num_cpus=1, object_store_memory=96 * 2**20)
     cluster.wait_for_nodes()
     proc = None
@@ -61,6 +71,7 @@ def test_two_node_cluster_runs_cells_on_both_and_survives_losing_a_node(tmp_path
         assert all(len(r) < EPOCHS for r in cells.values()), cells  # both still running
         cluster.remove_node(worker, allow_graceful=False)  # the worker node dies mid-sweep
         assert proc.wait(timeout=400) == 0, (tmp_path / "log").read_text()[-4000:]
+        assert "runs no dashboard" not in (tmp_path / "log").read_text()
     finally:
         if proc is not None and proc.poll() is None:
             proc.kill()
