@@ -224,14 +224,13 @@ def test_plan_distributions_match_the_spec():
         assert (torch.quantile(area, quantiles) - torch.quantile(ref, quantiles)).abs().max() < 0.03
 
 
-def test_hue_tables_reproduce_pil_on_random_and_grey_pixels():
-    """The HSV lookup tables against PIL on 65,536 random colours plus every grey level, at factors across the
-    whole range (both wrap-arounds included): exact."""
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=(64, 32, 32, 3), dtype=np.uint8)
-    images[0].reshape(-1, 3)[:256] = np.arange(256, dtype=np.uint8)[:, None]  # greys: S = 0
-    images[1, :, :, 0] = images[1, :, :, 1]  # ties between the maximum channels
-    factors = torch.from_numpy(rng.uniform(-0.5, 0.5, len(images)))
-    factors[:3] = torch.tensor([-0.5, 0.5, 0.0], dtype=torch.float64)
-    ours = T.hue(_nchw(images), factors)
+def test_hue_reproduces_pil_on_every_colour():
+    """The factored HSV tables against PIL on all 2^24 colours (greys and ties included), as 256 images of 256x256
+    pixels, each image at its own hue shift, so every shift int(factor * 255) can take (-127 to 127) occurs: exact."""
+    colours = np.arange(1 << 24, dtype=np.uint32)
+    rgb = np.stack([colours >> 16, (colours >> 8) & 255, colours & 255], -1).astype(np.uint8)
+    images = rgb.reshape(256, 256, 256, 3)[:, :, :, [1, 2, 0]]  # each image mixes every r with one g
+    shifts = np.random.default_rng(0).permutation(np.append(np.arange(-127, 128), 0))
+    factors = torch.from_numpy((shifts + 0.5 * np.sign(shifts)) / 255.0)  # int(factor * 255) = shift
+    ours = torch.cat([T.hue(_nchw(images[i:i + 32]), factors[i:i + 32]) for i in range(0, 256, 32)])
     assert ours.equal(_pil_each(images, pil_ops.adjust_hue, factors.tolist()))

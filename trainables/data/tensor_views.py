@@ -6,17 +6,20 @@ the bounds tests/test_tensor_views.py asserts. No maintained library applies a *
 batch with these magnitudes, hence this module.
 
 How it stays fast and close to PIL:
-- Ops run only on the samples that drew them: for each op slot, a loop over the op kinds (not over samples)
-  gathers the samples of one kind with `index_select`, transforms that sub-batch and writes it back with
-  `index_copy_`. Index lists come from the CPU plan, so dispatch never waits for the device.
+- Ops run only on the samples that drew them: before each op slot the batch is reordered (one gather) so that
+  the samples of one op family are contiguous, and each family is one batched call on its slice. Every per-level
+  map (brightness and contrast, which blend with a per-sample constant, autocontrast, equalize, posterize,
+  solarize) becomes a per-sample 256-entry table, and all of a slot's tables are applied in one lookup; the five
+  affine ops are one gather. The order comes from the CPU plan, so dispatch never waits for the device.
 - PIL's integer arithmetic is mirrored: ImageEnhance's blend in float32 with truncation, RGB->L with PIL's
-  16-bit fixed-point weights, the 3x3 SMOOTH kernel with PIL's rounding, HSV in PIL's float/double mix,
-  per-sample lookup tables for autocontrast/equalize, bit masks for posterize/solarize.
+  16-bit fixed-point weights, the 3x3 SMOOTH kernel with PIL's rounding, HSV in PIL's float/double mix (through
+  small tables factored out of it, see `_hue_tables`), per-sample histograms for autocontrast/equalize.
 - Resampling follows PIL's own arithmetic rather than grid_sample's: the resized crop is PIL's separable bilinear
   resample (22-bit fixed-point coefficients, 8-bit rounding between the horizontal and vertical pass) written as
-  two small per-sample matrix products in float64 (exact for these integer sums); the flip is folded into the
-  horizontal matrix. Rotate, shear and translate are PIL's nearest-neighbour affine map with its pixel-centre
-  convention, as one integer gather per sample.
+  two small per-sample matrix products; the flip is folded into the horizontal matrix. Rotate, shear and
+  translate are PIL's nearest-neighbour affine map with its pixel-centre convention, as one gather.
+- CPU kernels matter at this size: torch.where and float -> uint8 casts are several times slower than 0/1
+  arithmetic and casts through int16, so the hot paths use those.
 """
 
 from __future__ import annotations
@@ -50,9 +53,11 @@ def _div(a: torch.Tensor | float, b: torch.Tensor | float) -> torch.Tensor:
 
 
 def _luma(x: torch.Tensor) -> torch.Tensor:
-    """PIL's RGB -> L: (19595 R + 38470 G + 7471 B + 2^15) >> 16, as int32 [n, 1, H, W]."""
-    x = x.to(torch.int32)
-    return (x[:, 0:1] * 19595 + x[:, 1:2] * 38470 + x[:, 2:3] * 7471 + 0x8000) >> 16
+    """PIL's RGB -> L: (19595 R + 38470 G + 7471 B + 2^15) >> 16, as float32 [n, 1, H, W] (uint8 or float32 x).
+    The sum stays below 2^24, so float32 holds it exactly and the shift is an exact floor(sum * 2^-16)."""
+    x = x.to(torch.float32)
+    total = x[:, 0:1] * 19595 + x[:, 1:2] * 38470
+    return total.add_(x[:, 2:3], alpha=7471).add_(0x8000).mul_(2.0 ** -16).floor_()
 
 
 def _blend(degenerate: torch.Tensor, img: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -60,8 +65,8 @@ def _blend(degenerate: torch.Tensor, img: torch.Tensor, factor: torch.Tensor) ->
     clipped to [0, 255] and truncated. degenerate may broadcast (a constant per sample, or one gray band)."""
     alpha = _per_sample(factor.to(torch.float32), img)
     d = degenerate.to(torch.float32)
-    out = (img.to(torch.float32) - d).mul_(alpha).add_(d)
-    return out.clamp_(0, 255).to(torch.uint8)
+    out = (img.to(torch.float32) - d).mul(alpha).add_(d)
+    return out.clamp_(0, 255).to(torch.int16).to(torch.uint8)  # via int16: float -> uint8 is slow on CPUs
 
 
 # ------------------------------------------------------------------------------------------ resized crop + flip
@@ -91,14 +96,15 @@ def _resample_taps(start: torch.Tensor, length: torch.Tensor, flip: torch.Tensor
 
 @functools.cache
 def _resample_matrices(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Every crop's coefficient matrix, [2 flips * 32 starts * 33 lengths, 32 out, 32 in] (units of 2^-22), built
-    once: a batch then takes its matrices with one index_select instead of recomputing the taps."""
+    """Every crop's coefficient matrix, [2 flips * 32 starts * 33 lengths, 32 out, 32 in], built once: a batch then
+    takes its matrices with one index_select instead of recomputing the taps. The coefficients are PIL's 22-bit
+    integers times 2^-22 (exact in float32 and float64), so a product sums to PIL's fixed-point sum / 2^22."""
     flip, start, length = torch.meshgrid(torch.arange(2), torch.arange(IMAGE_SIZE), torch.arange(IMAGE_SIZE + 1),
                                          indexing="ij")
     flip, start, length = flip.reshape(-1).bool(), start.reshape(-1), length.reshape(-1)
     source, k = _resample_taps(start, length.clamp_min(1), flip)
     matrix = torch.zeros(len(start), IMAGE_SIZE, IMAGE_SIZE, dtype=torch.float64)
-    matrix.scatter_add_(2, source, k.to(torch.float64))
+    matrix.scatter_add_(2, source, k.to(torch.float64) / _ONE)
     return matrix.to(device=device, dtype=dtype)
 
 
@@ -109,68 +115,81 @@ def _crop_matrices(start: torch.Tensor, length: torch.Tensor, flip: torch.Tensor
     return _resample_matrices(device, dtype).index_select(0, index.to(device, non_blocking=True))
 
 
-def _rounded_pass(acc: torch.Tensor) -> torch.Tensor:
-    # PIL: (sum + 2^21) >> 22 clipped to [0, 255]; here on the float sum in units of 2^-22 (see resized_crop_flip).
-    return torch.floor_(acc.mul_(1.0 / _ONE).add_(0.5)).clamp_(0, 255)
-
-
 def resized_crop_flip(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
     """PIL's img.crop(box).resize((32, 32), BILINEAR), then the horizontal flip, per sample.
 
     boxes: int64 [n, 4] (top, left, height, width) on the CPU; flips: bool [n] on the CPU.
 
-    Each pass is a batched matrix product (the fastest per-sample gather of taps there is on a CPU). In float32
-    the 22-bit coefficients times 8-bit pixels are not exact: a sum can land on the other side of PIL's rounding
-    point when it is within ~1e-5 of a half, which the parity test bounds. Where TF32 matmuls are switched on
-    (CUDA), float32 would lose far more, so the products run in float64 there.
+    Each pass is a batched matrix product (the fastest per-sample gather of taps there is on a CPU), rounded as
+    PIL rounds, (sum + 2^21) >> 22: floor(sum + 0.5) on the scaled sum. The weights are non-negative and sum to
+    one, so no clipping is needed. In float32 the 22-bit coefficients times 8-bit pixels are not exact: a sum can
+    land on the other side of PIL's rounding point when it is within ~1e-5 of a half, which the parity test
+    bounds. Where TF32 matmuls are switched on (CUDA), float32 would lose far more, so the products run in float64.
     """
     n, dev = len(images), images.device
     dtype = torch.float64 if dev.type == "cuda" and torch.backends.cuda.matmul.allow_tf32 else torch.float32
     cols = _crop_matrices(boxes[:, 1], boxes[:, 3], flips, dev, dtype)
     rows = _crop_matrices(boxes[:, 0], boxes[:, 2], None, dev, dtype)
     size = IMAGE_SIZE
-    # Rows outermost ([n, h, c, w]), so both passes are plain batched products of contiguous operands.
-    x = images.permute(0, 2, 1, 3).contiguous().to(dtype).view(n, size * 3, size)
-    # Horizontal pass first, rounded to 8 bits, then the vertical pass: PIL's order and rounding.
-    x = _rounded_pass(torch.bmm(x, cols.transpose(1, 2)))  # [n, (h, c), w]
-    x = _rounded_pass(torch.bmm(rows, x.view(n, size, 3 * size)))  # [n, h', (c, w)]
-    return x.view(n, size, 3, size).permute(0, 2, 1, 3).to(torch.uint8)
+    # Horizontal pass first, rounded to 8 bits, then the vertical pass: PIL's order and rounding. Both on the
+    # NCHW layout: [n, (c, h), w] @ cols^T, then rows @ [n, c, h, w'] broadcast over the channels.
+    x = torch.bmm(images.view(n, 3 * size, size).to(dtype), cols.transpose(1, 2)).add_(0.5).floor_()
+    x = torch.matmul(rows[:, None], x.view(n, 3, size, size)).add_(0.5)
+    return x.to(torch.int16).to(torch.uint8)  # truncation = floor here (all >= 0.5); via int16: faster on CPUs
 
 
 # ---------------------------------------------------------------------------------------------- colour ops
 
 
-def brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+def _level_blend(degenerate: torch.Tensor | float, factor: torch.Tensor) -> torch.Tensor:
+    """`_blend` over the 256 levels against a per-sample constant: ImageEnhance's map as a [n, 1, 256] table.
+    A blend with a constant is a per-level function, so applying the table gives PIL's pixels exactly."""
+    levels = torch.arange(256, dtype=torch.float32, device=factor.device).view(1, 1, 1, 256)
+    return _blend(torch.as_tensor(degenerate, dtype=torch.float32), levels, factor).view(-1, 1, 256)
+
+
+def _brightness_lut(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """ImageEnhance.Brightness: blend with black."""
-    return _blend(torch.zeros((), dtype=torch.float32, device=x.device), x, factor)
+    return _level_blend(0.0, factor.to(x.device))
+
+
+def _contrast_lut(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """ImageEnhance.Contrast: blend with the L image's mean, rounded as int(mean + 0.5)."""
+    gray = _luma(x)
+    mean = torch.floor(gray.sum(dim=(1, 2, 3), dtype=torch.float64) / gray[0].numel() + 0.5)  # exact sums
+    return _level_blend(mean.view(-1, 1, 1, 1), factor.to(x.device))
+
+
+def brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return _apply_luts(x, _brightness_lut(x, factor))
+
+
+def contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return _apply_luts(x, _contrast_lut(x, factor))
 
 
 def color(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """ImageEnhance.Color (= torchvision's adjust_saturation on PIL): blend with the L image."""
-    return _blend(_luma(x), x, factor)
-
-
-def contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """ImageEnhance.Contrast: blend with the L image's mean, rounded as int(mean + 0.5)."""
-    gray = _luma(x)
-    mean = torch.floor(gray.sum(dim=(1, 2, 3), dtype=torch.int64).to(torch.float64) / gray[0].numel() + 0.5)
-    return _blend(mean.view(-1, 1, 1, 1), x, factor)
+    xf = x.to(torch.float32)
+    return _blend(_luma(xf), xf, factor)
 
 
 def sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """ImageEnhance.Sharpness: blend with PIL's SMOOTH filter (3x3, centre 5, others 1, /13, rounded); PIL's
-    filter leaves the 1-px border as it is, and so does this."""
-    xi = x.to(torch.int32)
-    acc = torch.nn.functional.avg_pool2d(xi.to(torch.float32), 3, stride=1, divisor_override=1).to(torch.int32)
-    acc += 4 * xi[:, :, 1:-1, 1:-1]  # the 3x3 box sum plus 4 more of the centre: the SMOOTH kernel
-    smooth = xi.clone()
-    smooth[:, :, 1:-1, 1:-1] = torch.div(2 * acc + 13, 26, rounding_mode="floor")  # floor(acc / 13 + 0.5)
-    return _blend(smooth, x, factor)
+    filter leaves the 1-px border as it is, and so does this. Sums of 8-bit levels are exact in float32, and so
+    is floor((2 acc + 13) / 26) = floor(acc / 13 + 0.5) (the quotient is never within 2^-24 of an integer)."""
+    xf = x.to(torch.float32)
+    rows = xf[:, :, :-2] + xf[:, :, 1:-1] + xf[:, :, 2:]
+    acc = rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:]
+    acc.add_(xf[:, :, 1:-1, 1:-1], alpha=4)  # the 3x3 box sum plus 4 more of the centre: the SMOOTH kernel
+    smooth = xf.clone()
+    smooth[:, :, 1:-1, 1:-1] = acc.mul_(2).add_(13).div_(26, rounding_mode="floor")
+    return _blend(smooth, xf, factor)
 
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:
     """PIL's L conversion copied into three channels."""
-    return _luma(x).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+    return _luma(x).to(torch.int16).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
 
 
 def _rgb_to_hsv(r: torch.Tensor, g: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,68 +212,75 @@ def _rgb_to_hsv(r: torch.Tensor, g: torch.Tensor, b: torch.Tensor) -> tuple[torc
     return uh, us
 
 
-def _hsv_to_rgb(uh: torch.Tensor, us: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """PIL's hsv2rgb on int32 planes -> int32 [..., 3] (r, g, b), in PIL's float/double mix."""
-    f32, f64 = torch.float32, torch.float64
-    hd = _div(uh.to(f32).to(f64) * 6.0, 255.0)
-    i = torch.floor(hd)
-    frac = (hd - i).to(f32)
-    fs = _div(us.to(f32).to(f64), 255.0).to(f32)
-    vd = v.to(f64)
-
-    def rounded(t: torch.Tensor) -> torch.Tensor:  # C round(): half away from zero (t >= 0 here)
-        return torch.floor(t + 0.5).clamp_(0, 255).to(torch.int32)
-
-    p = rounded(vd * (1.0 - fs.to(f64)))
-    q = rounded(vd * (1.0 - (fs * frac).to(f64)))
-    t = rounded(vd * (1.0 - fs.to(f64) * (1.0 - frac.to(f64))))
-    sector = i.to(torch.int64) % 6
-    table = ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))  # hsv2rgb's switch
-    out = []
-    for ch in range(3):
-        value = v
-        for k in range(6):
-            value = torch.where(sector == k, table[k][ch], value)
-        out.append(torch.where(us == 0, v, value))
-    return torch.stack(out, dim=-1)
-
-
 @functools.cache
-def _hsv_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """PIL's two HSV conversions as lookup tables over all 2^24 inputs (int32, 64 MiB each), built once per
-    device, on that device, from the code above: rgb2hsv[r << 16 | g << 8 | b] = H << 16 | S << 8 | V and
-    hsv2rgb[H << 16 | S << 8 | V] = R | G << 8 | B << 16. Two table lookups per pixel cost far less than PIL's
-    float/double arithmetic spelled out in tensor ops (most of the views' time otherwise)."""
-    chunk = 16  # top values per step: 2^20 inputs, whose float64 temporaries stay near 100 MiB
-    top = torch.arange(chunk, dtype=torch.int32, device=device).view(chunk, 1, 1)
-    mid = torch.arange(256, dtype=torch.int32, device=device).view(1, 256, 1)
-    low = torch.arange(256, dtype=torch.int32, device=device).view(1, 1, 256)
-    mid, low = mid.expand(chunk, 256, 256), low.expand(chunk, 256, 256)
-    to_hsv = torch.empty(256, 256, 256, dtype=torch.int32, device=device)
-    to_rgb = torch.empty(256, 256, 256, dtype=torch.int32, device=device)
-    for start in range(0, 256, chunk):
-        first = (top + start).expand(chunk, 256, 256)
-        h, s = _rgb_to_hsv(first, mid, low)
-        to_hsv[start:start + chunk] = (h << 16) | (s << 8) | torch.maximum(torch.maximum(first, mid), low)
-        rgb = _hsv_to_rgb(first, mid, low)
-        to_rgb[start:start + chunk] = rgb[..., 0] | (rgb[..., 1] << 8) | (rgb[..., 2] << 16)
-    return to_hsv.view(-1), to_rgb.view(-1)
+def _hue_tables(device: torch.device) -> tuple[torch.Tensor, ...]:
+    """PIL's HSV round trip factored into small tables (about 0.8 MiB, built in milliseconds, cached per device).
+
+    rgb2hsv: V is max(r, g, b); H depends only on which channel is the maximum (r, else g, else b: PIL's test
+    order) and on two differences from the maximum, since cr = max - min is the larger of them: `to_h[case, dA,
+    dB]` (case 0: dA = max - g, dB = max - b; case 1: max - r, max - b; case 2: max - g, max - r). S depends on
+    (cr, max): `to_s[cr, max]`. Grey pixels land on cr = 0, where both tables hold PIL's 0.
+    hsv2rgb: p = round(v (1 - fs)), q = round(v (1 - fs f)), t = round(v (1 - fs (1 - f))) with fs from S and
+    (i, f) from H; the factors in parentheses are C doubles of (H, S) only, and the sector i % 6 picks which of
+    v, p, q, t goes to each channel, so `factors[channel, H, S]` is the channel's factor (1.0 for v, and for
+    S = 0). What is left per pixel is one double product per channel and its rounding, as in hsv2rgb.
+    The tables follow PIL's float/double mix step by step (`_rgb_to_hsv`, and hsv2rgb's expressions below), so the
+    result is exact: tests/test_tensor_views.py checks the whole round trip against PIL on every 8-bit colour.
+    """
+    levels = torch.arange(256, dtype=torch.int32)
+    a, b = levels.view(256, 1).expand(256, 256), levels.view(1, 256).expand(256, 256)
+    top = torch.full_like(a, 255)
+    to_h = torch.stack([_rgb_to_hsv(top, top - a, top - b)[0],  # r is the maximum
+                        _rgb_to_hsv(top - a, top, top - b)[0],  # g (r is not)
+                        _rgb_to_hsv(top - b, top - a, top)[0]])  # b
+    cr, maxc = a, b  # to_s[cr, max]; rows with cr > max never occur
+    to_s = torch.where(cr <= maxc, _rgb_to_hsv(maxc, maxc - cr.clamp(max=maxc), maxc - cr.clamp(max=maxc))[1], 0)
+    f32, f64 = torch.float32, torch.float64
+    hd = _div(levels.to(f64) * 6.0, 255.0)  # H: i = floor(H * 6 / 255), f the rest, as hsv2rgb
+    sector = torch.floor(hd)
+    frac = (hd - sector).to(f32)
+    fs = _div(levels.to(f32).to(f64), 255.0).to(f32)  # S / 255 as a C float
+    fs_h, frac_s = fs.view(1, 256).expand(256, 256), frac.view(256, 1).expand(256, 256)
+    factors = torch.stack([(1.0 - fs_h.to(f64)),
+                           1.0 - (fs_h * frac_s).to(f64),
+                           1.0 - fs_h.to(f64) * (1.0 - frac_s.to(f64))], dim=-1)  # [H, S, (p, q, t)]
+    # hsv2rgb's switch on i % 6 picks, per channel, v (factor 1: v * 1.0 rounds to v) or p, q, t; S = 0 gives v.
+    ones = torch.ones(256, 256, dtype=f64)
+    p, q, t = factors.unbind(-1)
+    switch = ((ones, t, p), (q, ones, p), (p, ones, t), (p, q, ones), (t, p, ones), (ones, p, q))
+    sector = sector.to(torch.int64).remainder(6).view(256, 1).expand(256, 256)
+    channel_factors = torch.stack([torch.stack(row) for row in switch])  # [6 sectors, 3 channels, H, S]
+    channel_factors = channel_factors.gather(0, sector.expand(1, 3, 256, 256))[0]  # [3, H, S]
+    channel_factors[:, :, 0] = 1.0  # S = 0
+    tables = (to_h.to(torch.uint8).reshape(-1), to_s.to(torch.uint8).reshape(-1), channel_factors.reshape(-1))
+    return tuple(t.to(device) for t in tables)
 
 
 def hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """torchvision's adjust_hue on PIL: RGB -> PIL's 8-bit HSV, H += int(factor * 255) mod 256, HSV -> RGB,
-    through the tables of `_hsv_tables` (pixel for pixel PIL's arithmetic)."""
-    to_hsv, to_rgb = _hsv_tables(x.device)
-    n = len(x)
+    """torchvision's adjust_hue on PIL: RGB -> PIL's 8-bit HSV, H += int(factor * 255) mod 256, HSV -> RGB, pixel
+    for pixel PIL's arithmetic through the small tables of `_hue_tables`."""
+    to_h, to_s, factors = _hue_tables(x.device)
     c = x.to(torch.int32)
-    packed = (c[:, 0] << 16) | (c[:, 1] << 8) | c[:, 2]
-    hsv = to_hsv.index_select(0, packed.view(-1))
-    # np.int32(factor * 255) truncates toward zero; adding it to the uint8 H wraps mod 256 (here: mod 2^24 of
-    # the packed H << 16 | S << 8 | V).
-    shift = ((factor.to(torch.float64) * 255.0).to(torch.int32) << 16).to(x.device, non_blocking=True)
-    hsv = (hsv.view(n, -1) + shift[:, None]) & 0xFFFFFF
-    rgb = to_rgb.index_select(0, hsv.view(-1)).view(n, 1, *x.shape[2:])
-    return torch.cat([rgb & 255, (rgb >> 8) & 255, rgb >> 16], dim=1).to(torch.uint8)
+    r, g, b = c[:, 0], c[:, 1], c[:, 2]
+    maxc = torch.maximum(torch.maximum(r, g), b)
+    minc = torch.minimum(torch.minimum(r, g), b)
+    # PIL tests r == max, then g == max; 0/1 arithmetic instead of torch.where (slow on CPUs)
+    not_r = (r != maxc).to(torch.int32)
+    case_1 = not_r * (g == maxc)
+    case_2 = not_r - case_1
+    d_a = maxc - g + case_1 * (g - r)  # case 1: max - r, else max - g
+    d_b = maxc - b + case_2 * (b - r)  # case 2: max - r, else max - b
+    case = case_1 + 2 * case_2
+    h = to_h.index_select(0, ((case << 16) | (d_a << 8) | d_b).view(-1)).view_as(r).to(torch.int32)
+    s = to_s.index_select(0, (((maxc - minc) << 8) | maxc).view(-1)).view_as(r).to(torch.int32)
+    # np.int32(factor * 255) truncates toward zero; adding it to the uint8 H wraps mod 256.
+    shift = _per_sample((factor.to(torch.float64) * 255.0).to(torch.int32), x)[:, 0]
+    hs = (((h + shift) & 255) << 8) | s  # [n, H, W]
+    channel = (torch.arange(3, dtype=torch.int32, device=x.device) << 16).view(1, 3, 1, 1)
+    scale = factors.index_select(0, (hs[:, None] + channel).view(-1)).view(x.shape)
+    # v * factor in double and C's round (half away from zero; all values >= 0, so +0.5 and truncation); the
+    # factors are in [0, 1], so no clipping.
+    return scale.mul_(maxc[:, None]).add_(0.5).to(torch.int32).to(torch.uint8)
 
 
 # --------------------------------------------------------------------------------------- lookup-table ops
@@ -269,10 +295,12 @@ def _histograms(x: torch.Tensor) -> torch.Tensor:
 
 
 def _apply_luts(x: torch.Tensor, luts: torch.Tensor) -> torch.Tensor:
-    """Map each band of each sample through its [n, 3, 256] table (clipped to 0..255, as Image.point)."""
+    """Map each band of each sample through its uint8 [n, 3 or 1, 256] table (one flat index_select: on a CPU
+    several times faster than gather with its int64 index)."""
     n = len(x)
-    table = luts.clamp(0, 255).to(torch.uint8)
-    return table.gather(2, x.reshape(n, 3, -1).to(torch.int64)).view_as(x)
+    luts = luts.expand(n, 3, 256).contiguous()
+    offsets = (torch.arange(n * 3, dtype=torch.int32, device=x.device) * 256).view(n, 3, 1, 1)
+    return luts.view(-1).index_select(0, (x.to(torch.int32) + offsets).view(-1)).view_as(x)
 
 
 def _band_extremes(hist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -280,7 +308,11 @@ def _band_extremes(hist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return present.argmax(dim=2), 255 - present.flip(2).argmax(dim=2)
 
 
-def autocontrast(x: torch.Tensor) -> torch.Tensor:
+def _to_lut(levels: torch.Tensor) -> torch.Tensor:
+    return levels.clamp(0, 255).to(torch.uint8)  # Image.point clips
+
+
+def _autocontrast_lut(x: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tensor:
     """ImageOps.autocontrast: per sample and band, int(level * scale + offset) stretching [lo, hi] to [0, 255]."""
     levels = torch.arange(256, device=x.device, dtype=torch.float64)
     lo, hi = _band_extremes(_histograms(x))
@@ -288,10 +320,10 @@ def autocontrast(x: torch.Tensor) -> torch.Tensor:
     scale = _div(255.0, torch.where(stretch, hi - lo, 1).to(torch.float64))
     offset = -lo.to(torch.float64) * scale
     stretched = (levels * scale[..., None] + offset[..., None]).to(torch.int64)  # float64 like PIL, truncated
-    return _apply_luts(x, torch.where(stretch[..., None], stretched, levels.to(torch.int64)))
+    return _to_lut(torch.where(stretch[..., None], stretched, levels.to(torch.int64)))
 
 
-def equalize(x: torch.Tensor) -> torch.Tensor:
+def _equalize_lut(x: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tensor:
     """ImageOps.equalize: per sample and band, levels through the cumulative histogram in steps of total/255."""
     hist = _histograms(x)
     lo, hi = _band_extremes(hist)
@@ -300,20 +332,37 @@ def equalize(x: torch.Tensor) -> torch.Tensor:
     before = torch.cumsum(hist, dim=2) - hist
     equalized = (step[..., None] // 2 + before) // step.clamp_min(1)[..., None]
     levels = torch.arange(256, device=x.device)
-    return _apply_luts(x, torch.where(step[..., None] > 0, equalized, levels))
+    return _to_lut(torch.where(step[..., None] > 0, equalized, levels))
+
+
+def _posterize_lut(x: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+    """ImageOps.posterize(img, int(v)): keep the top int(v) bits."""
+    mask = 255 & ~((1 << (8 - magnitude.to(torch.int64))) - 1)
+    return (torch.arange(256) & mask[:, None]).to(torch.uint8).view(-1, 1, 256).to(x.device, non_blocking=True)
+
+
+def _solarize_lut(x: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+    """ImageOps.solarize(img, v): invert levels >= v, i.e. levels >= ceil(v)."""
+    levels = torch.arange(256)
+    inverted = levels >= torch.ceil(magnitude).clamp(0, 256).to(torch.int64)[:, None]
+    lut = torch.where(inverted, 255 - levels, levels).to(torch.uint8)
+    return lut.view(-1, 1, 256).to(x.device, non_blocking=True)
+
+
+def autocontrast(x: torch.Tensor) -> torch.Tensor:
+    return _apply_luts(x, _autocontrast_lut(x))
+
+
+def equalize(x: torch.Tensor) -> torch.Tensor:
+    return _apply_luts(x, _equalize_lut(x))
 
 
 def posterize(x: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
-    """ImageOps.posterize(img, int(v)): keep the top int(v) bits."""
-    bits = magnitude.to(torch.int64)
-    mask = (255 & ~((1 << (8 - bits)) - 1)).to(torch.uint8)
-    return x & _per_sample(mask, x)
+    return _apply_luts(x, _posterize_lut(x, magnitude))
 
 
 def solarize(x: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
-    """ImageOps.solarize(img, v): invert levels >= v, i.e. levels >= ceil(v)."""
-    threshold = _per_sample(torch.ceil(magnitude).clamp(0, 256).to(torch.int16), x)
-    return torch.where(x.to(torch.int16) >= threshold, 255 - x, x)
+    return _apply_luts(x, _solarize_lut(x, magnitude))
 
 
 # ------------------------------------------------------------------------------------------------ affine ops
@@ -323,22 +372,23 @@ def _affine_nearest(x: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
     """PIL's Image.transform(AFFINE, (a, b, c, d, e, f), NEAREST) with black fill, per sample.
 
     Output pixel (x, y) reads the input at (a x' + b y' + c, d x' + e y' + f) with x' = x + 0.5, y' = y + 0.5,
-    truncated (negative -> outside), as Geometry.c's affine_transform does. PIL accumulates the row and column
-    steps by repeated addition; the products here differ from those sums by rounding only (~1e-15 px)."""
+    truncated (negative -> outside), as Geometry.c's affine_transform does; floor gives the same inside pixels
+    and sends every negative coordinate outside. PIL accumulates the row and column steps by repeated addition;
+    the products here differ from those sums by rounding only (~1e-15 px). The image gets a 1-px black ring and
+    coordinates are clamped onto it, so outside pixels read black and the whole op is one gather."""
     n, c, height, width = x.shape
     a = coeffs.to(torch.float64)
     xs = torch.arange(width, dtype=torch.float64)
     ys = torch.arange(height, dtype=torch.float64)
     xo = (a[:, 2] + a[:, 1] * 0.5 + a[:, 0] * 0.5)[:, None, None]
     yo = (a[:, 5] + a[:, 4] * 0.5 + a[:, 3] * 0.5)[:, None, None]
-    src_x = (xo + ys[None, :, None] * a[:, 1, None, None]) + xs[None, None, :] * a[:, 0, None, None]
-    src_y = (yo + ys[None, :, None] * a[:, 4, None, None]) + xs[None, None, :] * a[:, 3, None, None]
-    xin = torch.where(src_x < 0, -1, src_x.clamp(max=width).to(torch.int64))
-    yin = torch.where(src_y < 0, -1, src_y.clamp(max=height).to(torch.int64))
-    inside = (xin >= 0) & (xin < width) & (yin >= 0) & (yin < height)
-    index = torch.where(inside, yin * width + xin, 0).view(n, 1, -1).to(x.device, non_blocking=True)
-    out = x.reshape(n, c, -1).gather(2, index.expand(n, c, -1))
-    return (out * inside.view(n, 1, -1).to(x.device, non_blocking=True)).view_as(x)
+    src_x = ((xo + ys[None, :, None] * a[:, 1, None, None]) + xs[None, None, :] * a[:, 0, None, None]).floor_()
+    src_y = ((yo + ys[None, :, None] * a[:, 4, None, None]) + xs[None, None, :] * a[:, 3, None, None]).floor_()
+    # in ring coordinates: 0 and width + 1 are the black ring, 1..width the image
+    index = src_y.clamp_(-1, height).add_(1).mul_(width + 2).add_(src_x.clamp_(-1, width).add_(1)).to(torch.int64)
+    ringed = torch.nn.functional.pad(x, (1, 1, 1, 1)).view(n, c, -1)
+    index = index.view(n, 1, -1).to(x.device, non_blocking=True).expand(n, c, -1)
+    return ringed.gather(2, index).view_as(x)
 
 
 def _affine_coeffs(op: str, v: torch.Tensor) -> torch.Tensor:
@@ -365,51 +415,78 @@ def _affine_coeffs(op: str, v: torch.Tensor) -> torch.Tensor:
     return torch.stack([cos, sin, c, -sin, cos, f], 1)
 
 
-def _affine_op(name: str, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return _affine_nearest(x, _affine_coeffs(name, v))
-
-
 # ------------------------------------------------------------------------------------------------------ views
 
-# Op tables by id (plan.RANDAUGMENT_RANGES order; None = nothing to do); each takes (images, params of those rows).
+# An op is (family, fn). The samples of one slot are grouped by family so each family costs one batched call:
+# "lut": fn(images, params) -> a uint8 [m, 3 or 1, 256] table per sample (every per-level map: brightness and
+#        contrast blend with a constant, autocontrast, equalize, posterize, solarize), applied in one lookup;
+# "affine": fn(params) -> [m, 6] PIL affine data (rotate, shear, translate), applied in one gather;
+# "image": fn(images, params) -> new images (color, sharpness, hue: they need each pixel's neighbours/channels).
+_FAMILIES = ("lut", "affine", "image")
 _STRONG_OPS = tuple({
-    "AutoContrast": lambda x, v: autocontrast(x),
-    "Brightness": brightness,
-    "Color": color,
-    "Contrast": contrast,
-    "Equalize": lambda x, v: equalize(x),
+    "AutoContrast": ("lut", _autocontrast_lut),
+    "Brightness": ("lut", _brightness_lut),
+    "Color": ("image", color),
+    "Contrast": ("lut", _contrast_lut),
+    "Equalize": ("lut", _equalize_lut),
     "Identity": None,
-    "Posterize": posterize,
-    "Sharpness": sharpness,
-    "Solarize": solarize,
-    **{name: functools.partial(_affine_op, name)
+    "Posterize": ("lut", _posterize_lut),
+    "Sharpness": ("image", sharpness),
+    "Solarize": ("lut", _solarize_lut),
+    **{name: ("affine", functools.partial(_affine_coeffs, name))
        for name in ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY")},
 }[name] for name in OP_ID)
 # ColorJitter by plan.jitter_order id, on the [m, 4] factor rows; id 4 = jitter not applied.
-_JITTER_OPS = (lambda x, f: brightness(x, f[:, 0]), lambda x, f: contrast(x, f[:, 1]),
-               lambda x, f: color(x, f[:, 2]), lambda x, f: hue(x, f[:, 3]), None)
+_JITTER_OPS = (("lut", lambda x, f: _brightness_lut(x, f[:, 0])), ("lut", lambda x, f: _contrast_lut(x, f[:, 1])),
+               ("image", lambda x, f: color(x, f[:, 2])), ("image", lambda x, f: hue(x, f[:, 3])), None)
+
+
+@functools.cache
+def _family_order(table: tuple) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """(rank of each op id, op ids by rank): ops sorted by family, no-ops last."""
+    def family(kind):
+        return _FAMILIES.index(table[kind][0]) if table[kind] is not None else len(_FAMILIES)
+    by_rank = tuple(sorted(range(len(table)), key=lambda kind: (family(kind), kind)))
+    rank = torch.empty(len(table), dtype=torch.int64)
+    rank[list(by_rank)] = torch.arange(len(table))
+    return rank, by_rank
 
 
 def _apply_by_kind(x: torch.Tensor, kinds: list[torch.Tensor], params: list[torch.Tensor], table) -> torch.Tensor:
     """Apply, slot after slot, op table[kinds[slot][i]] with params[slot][i] to sample i; returns the new batch.
 
-    Before each slot the batch is reordered so that the samples of one op kind are contiguous (one gather of the
-    whole batch); each op then reads and writes its own slice, with no per-kind index_select/index_copy. The order
-    comes from the CPU plan, so nothing waits for the device; the original order is restored once at the end.
+    Before each slot the batch is reordered so that the samples of one family, and within it of one op, are
+    contiguous (one gather of the whole batch); each family then reads and writes its own slice, with no per-op
+    index_select/index_copy. The order comes from the CPU plan, so nothing waits for the device; the original
+    order is restored once at the end.
     """
     n, dev = len(x), x.device
+    rank, by_rank = _family_order(table)
     held = torch.arange(n)  # held[j] = the sample now in row j
     for slot_kinds, slot_params in zip(kinds, params):
-        current = slot_kinds[held]
+        current = rank[slot_kinds[held]]
         order = torch.argsort(current, stable=True)
         held = held[order]
         x = x.index_select(0, order.to(dev, non_blocking=True))
+        counts = torch.bincount(current, minlength=len(table)).tolist()
+        spans: dict[str, list] = {name: [] for name in _FAMILIES}  # family -> [(rows, fn)]
         start = 0
-        for kind, count in enumerate(torch.bincount(current, minlength=len(table)).tolist()):
+        for kind, count in zip(by_rank, counts):
             if count and table[kind] is not None:
-                rows = slice(start, start + count)
-                x[rows] = table[kind](x[rows], slot_params[held[rows]])
+                spans[table[kind][0]].append((slice(start, start + count), table[kind][1]))
             start += count
+        if spans["lut"]:
+            end = spans["lut"][-1][0].stop  # the lut family is first: rows [0, end)
+            luts = torch.empty(end, 3, 256, dtype=torch.uint8, device=dev)
+            for rows, fn in spans["lut"]:
+                luts[rows] = fn(x[rows], slot_params[held[rows]])
+            x[:end] = _apply_luts(x[:end], luts)
+        if spans["affine"]:
+            first, end = spans["affine"][0][0].start, spans["affine"][-1][0].stop
+            coeffs = torch.cat([fn(slot_params[held[rows]].to(torch.float64)) for rows, fn in spans["affine"]])
+            x[first:end] = _affine_nearest(x[first:end], coeffs)
+        for rows, fn in spans["image"]:
+            x[rows] = fn(x[rows], slot_params[held[rows]])
     return x.index_select(0, torch.argsort(held).to(dev, non_blocking=True))
 
 
@@ -435,9 +512,10 @@ def cutout(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     ar = torch.arange(IMAGE_SIZE, device=x.device)
     cols = (ar >= b[:, 0:1]) & (ar < b[:, 2:3])  # [n, 32]
     rows = (ar >= b[:, 1:2]) & (ar < b[:, 3:4])
-    mask = rows[:, None, :, None] & cols[:, None, None, :]
+    inside = (rows[:, None, :, None] & cols[:, None, None, :]).to(torch.uint8)
     fill = torch.tensor(CUTOUT_FILL, dtype=torch.uint8, device=x.device).view(1, 3, 1, 1)
-    return torch.where(mask, fill, x)
+    # x (1 - inside) + fill inside in uint8: several times faster than torch.where on a CPU
+    return (x * (1 - inside)).add_(fill * inside)
 
 
 def views(images: torch.Tensor, plan: ViewPlan) -> tuple[torch.Tensor, torch.Tensor]:
