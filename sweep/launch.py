@@ -92,12 +92,6 @@ def start_ray(args, ship_code: bool):
     if port is not None:
         print(f"cell metrics (Prometheus text): http://127.0.0.1:{port}/metrics", flush=True)
     url = getattr(ctx, "dashboard_url", None)
-    if args.address and not url:
-        # Ray Train's clean-up after a controller that died with its node asks the dashboard's State API; without it
-        # the dead cell's workers keep their CPUs and its rerun waits for them forever (measured on a test cluster)
-        print(f"note: the cluster at {args.address} runs no dashboard: if a node that holds a cell's Tune function "
-              "dies, Ray Train cannot release that cell's workers and its rerun waits forever; start the head with "
-              "its dashboard (`ray start --head`, with ray[default] installed)", file=sys.stderr, flush=True)
     if url:
         token = Path.home() / ".ray" / "auth_token"
         how = (f"paste the token from {token} (or `ray get-auth-token`) when it asks"

@@ -193,6 +193,7 @@ class SweepRecorder(_tune_callback_base()):
         self._epoch_s: list[float] = []
         self.slots, self.progress_s = slots, progress_s
         self._last_progress = time.monotonic()
+        self._last_orphan_check = time.monotonic()
 
     def progress_line(self) -> str:
         done = {h: len(seen) for h, seen in self._seen.items()}
@@ -262,8 +263,45 @@ class SweepRecorder(_tune_callback_base()):
         self.flush(rebuild=True)
         self._print_progress(force=True)
 
+    def on_step_begin(self, iteration, trials, **info):
+        if time.monotonic() - self._last_orphan_check > ORPHAN_CHECK_S:
+            self._last_orphan_check = time.monotonic()
+            released = release_orphaned_placement_groups()
+            if released:
+                print(f"note: released {released} placement group(s) of Train runs whose controller died with its "
+                      "node, so their cells can run again", flush=True)
+
     def on_experiment_end(self, trials, **info):
         self.flush(rebuild=True)
+
+
+ORPHAN_CHECK_S = 10.0
+
+
+def release_orphaned_placement_groups() -> int:
+    """Remove the placement groups whose creating actor is dead: a cell's Train workers' group, left reserved when
+    its Train controller died with its node. Ray Train's own cleaner does this through the dashboard's State API; on
+    a cluster without a dashboard the dead run kept its CPUs and the cell's rerun waited for them forever (measured
+    on a test cluster). No public Ray API exposes a placement group's creator, so this reads GCS's table through
+    Ray's state accessor; Tune's own placement groups are the driver's (no creating actor) and are never touched."""
+    import ray
+    from ray._private.state import state
+    from ray.core.generated import gcs_pb2
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    removed = 0
+    for raw in state._connect_and_get_accessor().get_placement_group_table():
+        pg = gcs_pb2.PlacementGroupTableData.FromString(raw)
+        if pg.state == gcs_pb2.PlacementGroupTableData.REMOVED or pg.is_detached or not pg.creator_actor_dead:
+            continue
+        if not pg.creator_actor_id or ray.ActorID(pg.creator_actor_id).is_nil():
+            continue
+        try:
+            remove_placement_group(PlacementGroup(ray.PlacementGroupID(pg.placement_group_id)))
+            removed += 1
+        except Exception as err:  # removed meanwhile (by Ray Train's cleaner): nothing left to do
+            print(f"note: could not release a placement group of a dead Train run: {err}", flush=True)
+    return removed
 
 
 def _error_summary(text: object, limit: int = 4000) -> str:
