@@ -252,7 +252,7 @@ def expand(grid: Grid) -> list[TrialConfig]:
     configs, seen = [], set()
     for cell in cells:
         try:  # a method's own knobs (e.g. SoLar's est_epochs in a base) apply to that method's cells only
-            cfg = TrialConfig.from_dict(cell, other_methods="ignore")
+            cfg = TrialConfig.from_dict(cell, other_methods="ignore", stored=False)  # user input: defaults
         except ConfigError as err:
             raise GridError(f"grid {grid.name!r}: invalid cell {json.dumps(cell, default=str)}: {err}") from None
         except TypeError as err:

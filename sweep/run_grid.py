@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GPUs per cell, fractions allowed to pack cells on a GPU (default 0)")
     g.add_argument("--workers-per-trial", type=int, default=None, help="DDP workers per cell (default 1)")
     g.add_argument("--max-concurrent", type=int, help="cells at once (default: as many as fit)")
-    g.add_argument("--loader-workers", type=int, help="DataLoader processes per worker (default: CPUs-1)")
+    g.add_argument("--loader-workers", type=int, help="DataLoader processes per worker of augment=pil cells "
+                   "(default: CPUs-1); augment=tensor cells use none")
     g.add_argument("--max-failures", type=int, default=None, help="restarts of a cell from its checkpoint (2)")
     g.add_argument("--object-store-mb", type=int, default=256, help="object store of the local Ray, MiB")
     g.add_argument("--no-dashboard", action="store_true", help="start the local Ray without its dashboard")

@@ -44,7 +44,9 @@ class SweepSettings:
     gpus_per_trial: float = 0.0
     """GPUs per cell, split evenly over its workers; a fraction below 1 packs several one-worker cells on a GPU."""
     loader_workers: int | None = None
-    """DataLoader processes per worker; None = one fewer than the worker's whole CPUs (0 below 2 CPUs)."""
+    """DataLoader processes per worker of an augment='pil' cell; None = one fewer than the worker's whole CPUs
+    (0 below 2 CPUs). augment='tensor' cells make their views in the training process: no loader workers, all
+    the CPUs are torch threads."""
     max_failures: int = 2
     """Times a cell's Train run is restarted from its last checkpoint after a worker dies."""
     checkpoint_every: int = 1
@@ -60,13 +62,15 @@ class SweepSettings:
     def gpus_per_worker(self) -> float:
         return self.gpus_per_trial / self.workers_per_trial
 
-    def resolved_loader_workers(self) -> int:
+    def resolved_loader_workers(self, augment: str = "pil") -> int:
+        if augment == "tensor":
+            return 0
         if self.loader_workers is not None:
             return self.loader_workers
         return max(0, min(4, self._whole_cpus() - 1))
 
-    def torch_threads(self) -> int:
-        return max(1, self._whole_cpus() - self.resolved_loader_workers())
+    def torch_threads(self, augment: str = "pil") -> int:
+        return max(1, self._whole_cpus() - self.resolved_loader_workers(augment))
 
     def _whole_cpus(self) -> int:
         # a fractional share (1.5 CPUs) gives its rounded number of threads
@@ -94,7 +98,7 @@ def train_cell_worker(loop_config: dict) -> None:
     world = ctx.get_world_size()
     comm = TorchDistComm() if world > 1 else Comm()
     device = ray.train.torch.get_device() if settings.gpus_per_trial > 0 else torch.device("cpu")
-    torch.set_num_threads(settings.torch_threads())
+    torch.set_num_threads(settings.torch_threads(cfg.augment))
 
     work = Path(tempfile.mkdtemp(prefix=f"records-cell-{cfg.config_hash}-r{comm.rank}-"))
     resume_from = None
@@ -123,7 +127,7 @@ def train_cell_worker(loop_config: dict) -> None:
         ray.train.report(metrics, checkpoint=report_ckpt)
 
     options = RunOptions(data_root=settings.data_root, out_dir=str(out_dir) if comm.rank == 0 else None,
-                         device=str(device), num_workers=settings.resolved_loader_workers(),
+                         device=str(device), num_workers=settings.resolved_loader_workers(cfg.augment),
                          checkpoint_every=settings.checkpoint_every, verbose=False)
     try:
         fit(cfg, options, on_epoch=on_epoch, comm=comm, resume_from=resume_from)

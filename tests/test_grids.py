@@ -125,11 +125,13 @@ def test_cli_dry_run_and_refusals(tmp_path, capsys):
     assert not any(tmp_path.glob("*/runs.parquet"))  # nothing started, nothing written
 
 
-def test_set_augment_switches_every_cell_to_the_tensor_views_and_their_hashes():
-    pil = PRESETS["quick"].cells()
-    tensor = PRESETS["quick"].with_override(*parse_set("augment=tensor")).cells()
+def test_set_augment_switches_every_cell_to_the_pil_views_and_their_hashes():
+    tensor = PRESETS["quick"].cells()  # grid cells that do not name augment get the default
+    pil = PRESETS["quick"].with_override(*parse_set("augment=pil")).cells()
     assert {c.augment for c in pil} == {"pil"} and {c.augment for c in tensor} == {"tensor"}
     assert not {c.config_hash for c in pil} & {c.config_hash for c in tensor}
+    # pil cells hash without the key, as every config did before it existed; tensor cells hash it
+    assert all("augment" not in c.hash_dict() for c in pil) and all("augment" in c.hash_dict() for c in tensor)
     with pytest.raises(GridError, match="augment"):
         PRESETS["quick"].with_override(*parse_set("augment=gpu")).cells()
 

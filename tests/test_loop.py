@@ -27,7 +27,7 @@ def _strip(rows):
 
 
 @pytest.mark.parametrize("kwargs", [dict(records=True, mixup=True), dict(oracle_la="loss"),
-                                    dict(records=True, mixup=True, augment="tensor")])
+                                    dict(records=True, mixup=True, augment="pil")])
 def test_resume_is_bit_identical(tmp_path, kwargs):
     cfg = TrialConfig(**SMALL, **kwargs)
     straight = fit(cfg, RunOptions(data_root="synthetic", out_dir=str(tmp_path / "a"), num_workers=0,
@@ -150,7 +150,7 @@ def test_tensor_views_train_like_pil_views_on_the_same_plans(tmp_path):
     """augment='tensor' feeds the same batches and the same per-sample draws; with no loader worker it must give
     a run of the same shape whose views differ from PIL's in at most a few rotate/shear pixels, so one epoch's
     losses agree closely. And augment is part of the trial's identity."""
-    cfg = TrialConfig(**{**SMALL, "epochs": 1, "records": True})
+    cfg = TrialConfig(**{**SMALL, "epochs": 1, "records": True, "augment": "pil"})
     tensor_cfg = cfg.replace(augment="tensor")
     assert tensor_cfg.config_hash != cfg.config_hash
     pil = fit(cfg, RunOptions(data_root="synthetic", num_workers=0, verbose=False)).history[0]

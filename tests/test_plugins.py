@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from analysis.load import load_sweep
-from sweep.grids import PRESETS, variants
-from sweep.results import SweepStore, finished_hashes, read_sweep_manifest, write_results
+from sweep.grids import PRESETS, parse_set, variants
+from sweep.results import SweepStore, finished_hashes, read_sweep_manifest, write_results, write_sweep_manifest
 from trainables.config import ConfigError, TrialConfig
 from trainables.methods import REGISTRY
 
@@ -28,10 +28,11 @@ def test_configs_written_before_the_registry_keep_their_hash():
         cfg = TrialConfig.from_dict(entry["config"])
         assert cfg.config_hash == entry["config_hash"], entry["config"]
         assert TrialConfig.from_dict(cfg.to_dict()) == cfg
-    # today's presets still produce the same cells
+    # today's presets still produce the same cells with the PIL views they had then (the default is 'tensor' now)
     old = {c["config_hash"] for c in table}
     for name in ("smoke", "quick", "paper"):
-        assert {c.config_hash for c in PRESETS[name].cells()} <= old
+        assert {c.config_hash for c in PRESETS[name].with_override(*parse_set("augment=pil")).cells()} <= old
+        assert {c.augment for c in PRESETS[name].cells()} == {"tensor"}
 
 
 def test_a_sweep_written_before_the_registry_is_still_finished(tmp_path):
@@ -49,6 +50,26 @@ def test_a_sweep_written_before_the_registry_is_still_finished(tmp_path):
     assert epochs.num_rows == 5  # CORR 2 epochs, SoLar 1 + 2
     sweep = load_sweep(DATA / "sweep_v1")  # the old files themselves, as written then
     assert sorted(sweep.runs["method"]) == ["corr", "solar"]
+
+
+def test_stored_configs_without_augment_are_pil_and_user_input_gets_tensor(tmp_path):
+    """`augment` came after these files: stored, a config without it means the PIL views it was trained with (and
+    keeps its hash); typed in (CLI, grids), it means today's default, the tensor views."""
+    entry = json.loads((DATA / "config_hashes_v1.json").read_text())["cells"][0]
+    assert "augment" not in entry["config"]
+    stored = TrialConfig.from_dict(entry["config"])
+    assert stored.augment == "pil" and stored.config_hash == entry["config_hash"]
+    typed = TrialConfig.from_dict(entry["config"], stored=False)
+    assert typed.augment == "tensor" == TrialConfig().augment and typed.config_hash != entry["config_hash"]
+    assert typed.replace(augment="pil") == stored
+    # resuming the old sweep: its saved cells are pil, all finished, and the same grid (not refused)
+    shutil.copytree(DATA / "sweep_v1", tmp_path / "v1")
+    store = SweepStore(str(tmp_path), "v1")
+    manifest = read_sweep_manifest(store)
+    cells = [TrialConfig.from_dict(c) for c in manifest["cells"]]
+    assert {c.augment for c in cells} == {"pil"} and finished_hashes(store, cells) == {c.config_hash for c in cells}
+    rewritten = write_sweep_manifest(store, cells, manifest["settings"])
+    assert [TrialConfig.from_dict(c) for c in rewritten["cells"]] == cells
 
 
 def test_switches_a_method_does_not_implement_are_refused():

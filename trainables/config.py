@@ -53,14 +53,29 @@ FAITHFUL_QUIRKS = {
 
 # The flat fields of a config as they were when the config hash was first defined (hash version 1, before methods
 # were plug-ins; SoLar's parameters were then flat fields of every config, None outside SoLar). `config_hash`
-# always hashes these keys, and any other key only when it differs from its default, so every config that
-# existed then keeps its hash (tests/data/config_hashes_v1.json) and a new field at its default changes none.
+# always hashes these keys, and any other key only when it differs from its legacy value (LEGACY_VALUES), so every
+# config that existed then keeps its hash (tests/data/config_hashes_v1.json) and a new field at its legacy value
+# changes none.
 HASH_V1_KEYS = (
     "dataset", "nu", "rho", "q", "img_max", "test_per_class", "data_seed", "method", "records", "mixup", "oracle_la",
     "prior_momentum", "mixup_weight", "mixup_beta", "upd_start", "est_epochs", "solar_rho_start", "solar_rho_end",
     "solar_gamma1", "solar_gamma2", "solar_lamd", "solar_eta", "solar_tau", "solar_warmup", "solar_queue_batches",
     "arch", "epochs", "batch_size", "lr", "weight_decay", "momentum", "lr_min_ratio", "precision", "seed", "faithful",
 )
+
+
+# What a key added after hash version 1 meant before it existed, where that is not its default today. Stored
+# configs written earlier (config.json, checkpoints, sweep.json cells, runs.parquet) lack the key and are read
+# with this value (`from_dict`, stored=True); user input that omits it (CLI, grids, --set: stored=False) gets the
+# default. A key not listed here has its default as its legacy value.
+LEGACY_VALUES: dict[str, Any] = {
+    "augment": "pil",  # every run before the field made its views with PIL; the default is now 'tensor'
+}
+
+
+def legacy_values() -> dict[str, Any]:
+    """The value every flat key had before it existed: its default, or its entry in LEGACY_VALUES."""
+    return {**flat_defaults(), **LEGACY_VALUES}
 
 
 def _methods():
@@ -137,10 +152,11 @@ class TrialConfig:
     """SGD momentum (no Nesterov)."""
     lr_min_ratio: float = 1e-3
     """The cosine schedule ends at lr * lr_min_ratio (eta_min = 1e-5 for lr 0.01)."""
-    augment: str = "pil"
-    """How the training views are made from the same per-sample draws: 'pil' (PIL ops per image in DataLoader
-    workers, the reference's pixels) or 'tensor' (batched tensor ops on the trial's device, no loader workers;
-    equal to 'pil' except for rare rotate/shear pixels, see tests/test_tensor_views.py)."""
+    augment: str = "tensor"
+    """How the training views are made from the same per-sample draws: 'tensor' (batched tensor ops on the
+    trial's device, no loader workers; equal to 'pil' except for rare rotate/shear pixels, see
+    tests/test_tensor_views.py) or 'pil' (PIL ops per image in DataLoader workers: the reference's pixels, and
+    what every run before this field used; `faithful` does not switch it, pass augment='pil' as well)."""
     precision: str = "fp32"
     """'fp32', or 'bf16': bf16 autocast and channels_last for the backbone; losses, W, mu and the prior stay
     in fp32 (§11.16)."""
@@ -311,11 +327,15 @@ class TrialConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], other_methods: str = "error") -> TrialConfig:
+    def from_dict(cls, d: dict[str, Any], other_methods: str = "error", stored: bool = True) -> TrialConfig:
         """The inverse of `to_dict`. Flat parameters of another method are refused when set, unless
         other_methods='ignore' (a grid's base may set SoLar's knobs for the SoLar cells only); None values of
-        them are dropped (configs written before methods were plug-ins list SoLar's fields as None)."""
-        d = dict(d)
+        them are dropped (configs written before methods were plug-ins list SoLar's fields as None).
+
+        stored=True (a config read back from a file: config.json, a checkpoint, sweep.json, runs.parquet): a key
+        it lacks takes its LEGACY_VALUES value, what it meant when the file was written. stored=False (user input:
+        CLI flags, grid cells, --set): a key it lacks takes its default."""
+        d = {**LEGACY_VALUES, **d} if stored else dict(d)
         names = {f.name for f in dataclasses.fields(cls)}
         method = d.get("method", cls.method)
         registry = _methods().REGISTRY
@@ -343,12 +363,12 @@ class TrialConfig:
 
     def hash_dict(self) -> dict[str, Any]:
         """What `config_hash` hashes: the HASH_V1_KEYS of the flat form (None where absent) and every other key
-        whose value differs from its default."""
+        whose value differs from its legacy value (`legacy_values`)."""
         flat = self.to_dict()
         out = {k: flat.get(k) for k in HASH_V1_KEYS}
-        defaults = flat_defaults()
+        legacy = legacy_values()
         for k, v in flat.items():
-            if k not in out and (k not in defaults or v != defaults[k]):
+            if k not in out and (k not in legacy or v != legacy[k]):
                 out[k] = v
         return out
 

@@ -19,7 +19,7 @@ import torch
 from . import __version__
 from .checkpoint import FILENAME, load_latest, remove_stray_temps, save_checkpoint
 from .comm import Comm
-from .config import RunOptions, TrialConfig
+from .config import LEGACY_VALUES, RunOptions, TrialConfig
 from .data.augment import normalize
 from .data.loaders import TrialData, build_dataset, make_train_batches, to_device_images
 from .history import write_run_files
@@ -201,7 +201,7 @@ def fit(cfg: TrialConfig, options: RunOptions, on_epoch: Callable[[dict, Path | 
     if resume_from is not None:
         resume, resume_from = load_latest(Path(resume_from))
         if resume["config_hash"] != cfg.config_hash:
-            diff = config_diff(resume["config"], cfg.to_dict())
+            diff = config_diff({**LEGACY_VALUES, **resume["config"]}, cfg.to_dict())  # as the run meant it
             raise ResumeMismatch(f"checkpoint {resume_from} belongs to config {resume['config_hash']}, not "
                                  f"{cfg.config_hash}; differing fields: {'; '.join(diff) or '(none: code changed)'}")
         method.load_state_dict(resume["method"])

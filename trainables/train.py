@@ -93,7 +93,7 @@ def config_from_args(args: argparse.Namespace) -> TrialConfig:
         name = _RENAMED.get(key, key)
         if name in keys:
             values[name] = value
-    return TrialConfig.from_dict(values)
+    return TrialConfig.from_dict(values, stored=False)
 
 
 def main(argv: list[str] | None = None) -> int:
