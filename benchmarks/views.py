@@ -1,6 +1,7 @@
 """Views per second: the batched tensor views against the PIL views, on real CIFAR-10 images, same plans.
 
     python benchmarks/views.py --data-root ../shared/data [--batch 256] [--seconds 5]
+    python benchmarks/views.py --breakdown      # where one batch's time goes, stage by stage, on one thread
 
 Both views of a sample count as one. Measured side by side in one process:
   * PIL, 1 core: the two-view dataset's batch fetch (plan + PIL ops) in this process;
@@ -39,16 +40,55 @@ def rate(step, batch: int, seconds: float) -> float:
     return n * batch / (time.perf_counter() - t0)
 
 
+def breakdown(images: torch.Tensor, batch: int, repeats: int = 30) -> None:
+    """Milliseconds per batch of each stage of the tensor views on one thread (each op family timed on the whole
+    batch: in a real plan it runs only on the samples that drew it)."""
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    indices = torch.randint(len(images), (batch,), generator=g)
+    plan = draw_plan(0, 1, indices)
+    x = images.index_select(0, indices)
+    crop = tensor_views.resized_crop_flip(x, plan.weak_box, plan.weak_flip)
+    jitter_kinds = [torch.where(plan.jitter, plan.jitter_order[:, i], 4) for i in range(4)]
+    v = plan.magnitudes[:, 0]
+    stages = {
+        "plan": lambda: draw_plan(0, 1, indices),
+        "resized crop + flip (one view)": lambda: tensor_views.resized_crop_flip(x, plan.weak_box, plan.weak_flip),
+        "ColorJitter, 4 slots": lambda: tensor_views._apply_by_kind(crop, jitter_kinds, [plan.jitter_factors] * 4,
+                                                                     tensor_views._JITTER_OPS),
+        "  hue, whole batch": lambda: tensor_views.hue(crop, plan.jitter_factors[:, 3]),
+        "  color, whole batch": lambda: tensor_views.color(crop, plan.jitter_factors[:, 2]),
+        "RandAugment, 3 slots": lambda: tensor_views._apply_by_kind(crop, list(plan.ops.T), list(plan.magnitudes.T),
+                                                                    tensor_views._STRONG_OPS),
+        "  sharpness, whole batch": lambda: tensor_views.sharpness(crop, v),
+        "  equalize, whole batch": lambda: tensor_views.equalize(crop),
+        "  rotate, whole batch": lambda: tensor_views._affine_nearest(crop, tensor_views._affine_coeffs("Rotate", v)),
+        "cutout": lambda: tensor_views.cutout(crop, plan.cutout),
+        "both views": lambda: tensor_views.views(x, plan),
+    }
+    print(f"tensor views, batch {batch}, 1 thread: ms per batch")
+    for name, fn in stages.items():
+        fn()
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        print(f"  {name:<34}{(time.perf_counter() - t0) / repeats * 1e3:8.2f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", default=os.environ.get("RECORDS_DATA_ROOT", "../shared/data"))
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--images", type=int, default=10000, help="training images to draw batches from")
+    p.add_argument("--breakdown", action="store_true", help="time each stage of the tensor views instead")
     args = p.parse_args()
     cores = os.cpu_count() or 1
 
     images = np.ascontiguousarray(load_split("cifar10", "train", args.data_root).images[:args.images])
+    if args.breakdown:
+        breakdown(torch.from_numpy(images.transpose(0, 3, 1, 2).copy()), args.batch)
+        return
     dataset = TwoViewDataset(images, seed=0)
     sampler = EpochBatchSampler(len(images), args.batch, seed=0)
 

@@ -158,6 +158,23 @@ def test_tensor_views_train_like_pil_views_on_the_same_plans(tmp_path):
     assert abs(pil["loss"] - ten["loss"]) < 1e-3 * abs(pil["loss"])
 
 
+@pytest.mark.parametrize("kwargs", [dict(oracle_la="loss", mixup=True),
+                                    dict(method="solar", params=dict(est_epochs=1, queue_batches=2)),
+                                    dict(method="proden", records=True), dict(method="pico", records=True)],
+                         ids=["oracle-la+mixup", "solar", "proden+records", "pico+records"])
+def test_every_method_runs_on_both_view_paths_alike(kwargs):
+    """The view path is below the methods: each method (CORR's above) trains an epoch on the PIL and on the tensor
+    views of the same plans, and its loss terms agree as closely as the few differing rotate/shear pixels allow."""
+    cfg = TrialConfig(**{**SMALL, "epochs": 1, "augment": "pil", **kwargs})
+    runs = [fit(c, RunOptions(data_root="synthetic", num_workers=0, verbose=False)).history[0]
+            for c in (cfg, cfg.replace(augment="tensor"))]
+    terms = [k for k, v in runs[0].items() if k.startswith("loss") and isinstance(v, float)]
+    assert "loss" in terms and set(terms) == {k for k in runs[1] if k.startswith("loss")}
+    for term in terms:
+        assert math.isfinite(runs[1][term])
+        assert runs[1][term] == pytest.approx(runs[0][term], rel=1e-2, abs=1e-3), term
+
+
 def test_resume_plan_skips_finished_stages_and_keeps_the_epoch_offset():
     from trainables.loop import resume_plan
 
