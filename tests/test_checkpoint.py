@@ -43,9 +43,12 @@ def test_a_crafted_pickle_executes_nothing(tmp_path):
     pickle.loads(pickle.dumps(Payload(marker)))  # the payload is live: a plain unpickle runs it ...
     assert marker.exists()
     marker.unlink()
-    with pytest.raises(CheckpointError, match=f"cannot read checkpoint {evil}"):
+    with pytest.raises(CheckpointError, match=f"cannot read checkpoint {evil}") as refused:
         load_checkpoint(evil)
     assert not marker.exists()  # ... loading the checkpoint did not
+    message = str(refused.value)  # one line naming what the file refers to, and no advice to load it unsafely
+    assert "_touch" in message and "nothing in it was run" in message and "\n" not in message
+    assert "will likely succeed" not in message
     with pytest.raises(CheckpointError, match=str(evil)):
         load_latest(evil)
     assert not marker.exists()

@@ -82,6 +82,17 @@ def save_checkpoint(path: Path, *, config: dict, config_hash: str, stage: str, e
     atomic_write_bytes(path, write)
 
 
+def _load_failure(err: Exception) -> str:
+    """One line on why torch.load refused a file. For a refused global, torch's own first line suggests retrying
+    with weights_only=False, the one thing never to do with a file that names code: say what it named instead."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):
+        named = next((line for line in lines[1:] if "GLOBAL" in line or "global" in line), "a Python object")
+        return (f"it refers to code or objects no {FORMAT} holds ({named.rstrip('.')}); nothing in it was run. "
+                "Treat it as untrusted: do not open it with weights_only=False")
+    return lines[0] if lines else type(err).__name__
+
+
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read one checkpoint file; any failure is a CheckpointError naming the file. Never executes code from it."""
     path = Path(path)
@@ -90,8 +101,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torn file, foreign pickle (refused global), not a torch file at all
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"cannot read checkpoint {path}: {reason}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {_load_failure(err)}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a {FORMAT} file")
     if payload.get("version") != VERSION:
