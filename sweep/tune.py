@@ -287,16 +287,21 @@ def release_orphaned_placement_groups() -> int:
     its Train controller died with its node. Ray Train's own cleaner does this through the dashboard's State API; on
     a cluster without a dashboard the dead run kept its CPUs and the cell's rerun waited for them forever (measured
     on a test cluster). No public Ray API exposes a placement group's creator, so this reads GCS's table through
-    Ray's state accessor; Tune's own placement groups are the driver's (no creating actor) and are never touched."""
+    Ray's state accessor. Only this driver's job is considered: on a shared cluster other jobs' groups are theirs
+    (Ray frees a job's groups when the job ends). Tune's own placement groups are the driver's (no creating actor)
+    and are never touched."""
     import ray
     from ray._private.state import state
     from ray.core.generated import gcs_pb2
     from ray.util.placement_group import PlacementGroup, remove_placement_group
 
+    own_job = ray.JobID.from_hex(ray.get_runtime_context().get_job_id()).binary()
     removed = 0
     for raw in state._connect_and_get_accessor().get_placement_group_table():
         pg = gcs_pb2.PlacementGroupTableData.FromString(raw)
         if pg.state == gcs_pb2.PlacementGroupTableData.REMOVED or pg.is_detached or not pg.creator_actor_dead:
+            continue
+        if pg.creator_job_id != own_job:
             continue
         if not pg.creator_actor_id or ray.ActorID(pg.creator_actor_id).is_nil():
             continue

@@ -45,16 +45,37 @@ def cluster():
     cluster.shutdown()
 
 
+OTHER_JOB = """
+import sys, time, ray
+from ray.util.placement_group import placement_group
+ray.init(address=sys.argv[1], log_to_driver=False)
+@ray.remote(num_cpus=0)
+class Creator:
+    def create(self):
+        pg = placement_group([{"CPU": 0.25}])
+        ray.get(pg.ready())
+        return pg.id.hex()
+creator = Creator.remote()
+print(ray.get(creator.create.remote()), flush=True)
+ray.kill(creator)
+time.sleep(120)  # the job lives on; its test kills it
+"""
+
+
 def test_placement_group_of_a_dead_creator_is_released(cluster):
     """What a Train controller lost with its node leaves: a placement group whose creating actor is dead. It is
-    released; the driver's own placement groups (Tune's) are not."""
+    released; the driver's own placement groups (Tune's) are not, nor, on a shared cluster, another job's."""
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
 
     from sweep.tune import release_orphaned_placement_groups
 
+    other = subprocess.Popen([sys.executable, "-c", OTHER_JOB, cluster.address], stdout=subprocess.PIPE, text=True,
+                             env=ENV)
     ray.init(address=cluster.address, log_to_driver=False)
     try:
+        others = other.stdout.readline().strip()  # another job's group, its creator killed
+        assert others, "the other job did not create its placement group"
         @ray.remote(num_cpus=0)
         class Creator:
             def create(self):
@@ -74,9 +95,12 @@ def test_placement_group_of_a_dead_creator_is_released(cluster):
         table = ray.util.placement_group_table()
         assert table[orphan]["state"] == "REMOVED"
         assert table[drivers.id.hex()]["state"] == "CREATED"
+        assert table[others]["state"] == "CREATED"  # not this job's
         remove_placement_group(drivers)
     finally:
         ray.shutdown()
+        other.kill()
+        other.wait()
 
 
 def test_two_node_cluster_runs_cells_on_both_and_survives_losing_a_node(cluster, tmp_path):
