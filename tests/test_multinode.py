@@ -45,18 +45,28 @@ def cluster():
     cluster.shutdown()
 
 
-OTHER_JOB = """
+def creator_class():
+    """An actor that creates a placement group: what a Train controller is to its workers' group."""
+    import ray
+    from ray.util.placement_group import placement_group
+
+    @ray.remote(num_cpus=0)
+    class Creator:
+        def create(self, cpus: float) -> str:
+            pg = placement_group([{"CPU": cpus}])
+            ray.get(pg.ready())
+            return pg.id.hex()
+
+    return Creator
+
+
+OTHER_JOB = f"""
 import sys, time, ray
-from ray.util.placement_group import placement_group
+sys.path.insert(0, {str(ROOT / "tests")!r})
+from test_multinode import creator_class
 ray.init(address=sys.argv[1], log_to_driver=False)
-@ray.remote(num_cpus=0)
-class Creator:
-    def create(self):
-        pg = placement_group([{"CPU": 0.25}])
-        ray.get(pg.ready())
-        return pg.id.hex()
-creator = Creator.remote()
-print(ray.get(creator.create.remote()), flush=True)
+creator = creator_class().remote()
+print(ray.get(creator.create.remote(0.25)), flush=True)
 ray.kill(creator)
 time.sleep(120)  # the job lives on; its test kills it
 """
@@ -76,15 +86,8 @@ def test_placement_group_of_a_dead_creator_is_released(cluster):
     try:
         others = other.stdout.readline().strip()  # another job's group, its creator killed
         assert others, "the other job did not create its placement group"
-        @ray.remote(num_cpus=0)
-        class Creator:
-            def create(self):
-                pg = placement_group([{"CPU": 0.5}])
-                ray.get(pg.ready())
-                return pg.id.hex()
-
-        creator = Creator.remote()
-        orphan = ray.get(creator.create.remote())
+        creator = creator_class().remote()
+        orphan = ray.get(creator.create.remote(0.5))
         drivers = placement_group([{"CPU": 0.5}])
         ray.get(drivers.ready())
         assert release_orphaned_placement_groups() == 0  # its creator lives
