@@ -1,12 +1,14 @@
 """The GPU check of the tensor views: ResNet-18, bf16 + channels_last, batch 256, CORR+RECORDS on CIFAR-10-LT.
 
     python benchmarks/gpu_views.py --data-root ../shared/data                  # on a GPU node
-    python benchmarks/gpu_views.py --device cpu --steps 2 --arch small-cnn     # smoke test of the script
+    python benchmarks/gpu_views.py --device cpu --arch small-cnn --steps 2 --seconds 2 --workers 1 --trials 1 2
+        # a smoke test of the script on a CPU
 
 Prints training samples/s of the full step (views, normalisation, forward, loss, backward, SGD):
   1. augment=pil with as many DataLoader workers as the node has cores (pinned memory), against
   2. augment=tensor (training set on the device, no workers);
-  3. then 1, 2 and 4 tensor trials sharing the device (separate processes started together), total samples/s.
+  3. then 1, 2 and 4 tensor trials sharing the device (separate processes, timed over the same window), total
+     samples/s.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ from trainables.methods import create_method  # noqa: E402
 from trainables.models import ModelHandle, create_model  # noqa: E402
 
 
-def measure(args, augment: str, workers: int) -> float:
-    """Samples/s of the real step, after `--warmup` steps, over `--steps` steps (synchronised at both ends)."""
+def prepare(args, augment: str, workers: int):
+    """A ready-to-time training step of CORR+RECORDS (data, model and method built, `--warmup` steps run)."""
     device = torch.device(args.device)
     cfg = TrialConfig(dataset="cifar10", rho=100, q=0.3, records=True, arch=args.arch, batch_size=args.batch,
                       precision=args.precision, augment=augment)
@@ -51,18 +53,37 @@ def measure(args, augment: str, workers: int) -> float:
             yield from batches
 
     stream = endless()
-    train_steps(model, method, optimizer, itertools.islice(stream, args.warmup), data.train_norm, device, 1)
-    t0 = time.perf_counter()  # train_steps synchronises CUDA at its end
-    train_steps(model, method, optimizer, itertools.islice(stream, args.steps), data.train_norm, device, 1)
-    return args.steps * args.batch / (time.perf_counter() - t0)
+
+    def run(steps: int) -> None:  # train_steps synchronises CUDA at its end
+        train_steps(model, method, optimizer, itertools.islice(stream, steps), data.train_norm, device, 1)
+
+    run(args.warmup)
+    return run
+
+
+def timed(args, run) -> float:
+    """Samples/s of `run`, in chunks of `--steps` steps until `--seconds` have passed."""
+    steps, t0 = 0, time.perf_counter()
+    while steps == 0 or time.perf_counter() - t0 < args.seconds:
+        run(args.steps)
+        steps += args.steps
+    return steps * args.batch / (time.perf_counter() - t0)
 
 
 def shared(args, trials: int) -> float:
-    """Total samples/s of `trials` tensor trials in separate processes on the same device."""
+    """Total samples/s of `trials` tensor trials in separate processes on the same device. Each child prepares and
+    warms up, says so, and starts timing only when the parent has heard from all of them: the timed windows
+    overlap (each runs `--seconds`), so the sum is what the device sustains with that many trials on it."""
     cmd = [sys.executable, __file__, "--_child", "--device", args.device, "--data-root", args.data_root,
            "--arch", args.arch, "--batch", str(args.batch), "--precision", args.precision,
-           "--steps", str(args.steps), "--warmup", str(args.warmup)]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(trials)]
+           "--steps", str(args.steps), "--warmup", str(args.warmup), "--seconds", str(args.seconds)]
+    procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(trials)]
+    for proc in procs:
+        if proc.stdout.readline().strip() != "ready":
+            raise SystemExit(f"a shared-device trial failed while preparing (exit {proc.wait()})")
+    for proc in procs:
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
     outs = [proc.communicate()[0] for proc in procs]
     if any(proc.returncode for proc in procs):
         raise SystemExit(f"a shared-device trial failed: {[proc.returncode for proc in procs]}")
@@ -76,21 +97,25 @@ def main() -> None:
     p.add_argument("--arch", default="resnet18", choices=["resnet18", "small-cnn"])
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
-    p.add_argument("--steps", type=int, default=50, help="timed steps per measurement")
+    p.add_argument("--steps", type=int, default=10, help="steps between clock reads")
+    p.add_argument("--seconds", type=float, default=20.0, help="timed seconds per measurement (at least --steps)")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="loader workers of the pil run")
     p.add_argument("--trials", type=int, nargs="+", default=[1, 2, 4], help="tensor trials sharing the device")
     p.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args._child:
-        print(json.dumps({"samples_per_s": measure(args, "tensor", 0)}), flush=True)
+        run = prepare(args, "tensor", 0)
+        print("ready", flush=True)
+        sys.stdin.readline()  # the parent's go: every trial is ready
+        print(json.dumps({"samples_per_s": timed(args, run)}), flush=True)
         return
     name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "CPU"
-    print(f"{args.arch} {args.precision} batch {args.batch}, CORR+RECORDS, {args.steps} steps on {name}; "
+    print(f"{args.arch} {args.precision} batch {args.batch}, CORR+RECORDS, {args.seconds:g} s per figure on {name}; "
           f"{os.cpu_count()} CPU cores", flush=True)
-    pil = measure(args, "pil", args.workers)
+    pil = timed(args, prepare(args, "pil", args.workers))
     print(f"pil, {args.workers} loader workers: {pil:10.0f} samples/s", flush=True)
-    tensor = measure(args, "tensor", 0)
+    tensor = timed(args, prepare(args, "tensor", 0))
     print(f"tensor, no workers:{'':8}{tensor:10.0f} samples/s ({tensor / pil:.2f}x pil)", flush=True)
     for trials in args.trials:
         total = shared(args, trials)
