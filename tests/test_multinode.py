@@ -15,7 +15,9 @@ import pytest
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-EPOCHS = 4
+# An epoch of a smoke cell takes about a second, and the driver's record of epochs lags by a few (it is flushed
+# every 2 s): with 10 epochs a cell seen at its first epochs still has several seconds to go when its node dies.
+EPOCHS = 10
 ENV = {**os.environ, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1", "PYTHONUNBUFFERED": "1"}
 
 
@@ -129,7 +131,7 @@ def test_two_node_cluster_runs_cells_on_both_and_survives_losing_a_node(cluster,
             raise AssertionError("the two cells did not both start: " + (tmp_path / "log").read_text()[-3000:])
         nodes_before = {r["config_hash"]: r["node"] for rows in cells.values() for r in rows}
         assert len(set(nodes_before.values())) == 2, nodes_before  # one cell per node
-        assert all(len(r) < EPOCHS for r in cells.values()), cells  # both still running
+        assert all(len(r) <= EPOCHS // 2 for r in cells.values()), cells  # both far from done
         cluster.remove_node(worker, allow_graceful=False)  # the worker node dies mid-sweep
         assert proc.wait(timeout=400) == 0, (tmp_path / "log").read_text()[-4000:]
     finally:
