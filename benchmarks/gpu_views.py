@@ -19,12 +19,14 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from train_step import _endless  # noqa: E402
+from train_step import timed as timed_calls  # noqa: E402
 
 from trainables.comm import Comm  # noqa: E402
 from trainables.config import TrialConfig  # noqa: E402
@@ -45,14 +47,7 @@ def prepare(args, augment: str, workers: int):
     optimizer, _ = build_optimizer(cfg, net)
     method = create_method(cfg, torch.from_numpy(data.train.candidates), data.train.counts, device, Comm())
     method.enter_stage("train", fresh=True)
-    batches, sampler = make_train_batches(data, cfg, workers, device)
-
-    def endless():
-        for epoch in itertools.count(1):
-            sampler.set_epoch(epoch)
-            yield from batches
-
-    stream = endless()
+    stream = _endless(*make_train_batches(data, cfg, workers, device))
 
     def run(steps: int) -> None:  # train_steps synchronises CUDA at its end
         train_steps(model, method, optimizer, itertools.islice(stream, steps), data.train_norm, device, 1)
@@ -63,11 +58,8 @@ def prepare(args, augment: str, workers: int):
 
 def timed(args, run) -> float:
     """Samples/s of `run`, in chunks of `--steps` steps until `--seconds` have passed."""
-    steps, t0 = 0, time.perf_counter()
-    while steps == 0 or time.perf_counter() - t0 < args.seconds:
-        run(args.steps)
-        steps += args.steps
-    return steps * args.batch / (time.perf_counter() - t0)
+    return timed_calls(lambda: run(args.steps), args.steps * args.batch, warmup=0, min_steps=1,
+                       min_seconds=args.seconds)
 
 
 def shared(args, trials: int) -> float:

@@ -49,13 +49,11 @@ def breakdown(images: torch.Tensor, batch: int, repeats: int = 30) -> None:
     plan = draw_plan(0, 1, indices)
     x = images.index_select(0, indices)
     crop = tensor_views.resized_crop_flip(x, plan.weak_box, plan.weak_flip)
-    jitter_kinds = [torch.where(plan.jitter, plan.jitter_order[:, i], 4) for i in range(4)]
     v = plan.magnitudes[:, 0]
     stages = {
         "plan": lambda: draw_plan(0, 1, indices),
         "resized crop + flip (one view)": lambda: tensor_views.resized_crop_flip(x, plan.weak_box, plan.weak_flip),
-        "ColorJitter, 4 slots": lambda: tensor_views._apply_by_kind(crop, jitter_kinds, [plan.jitter_factors] * 4,
-                                                                     tensor_views._JITTER_OPS),
+        "ColorJitter, 4 slots": lambda: tensor_views.color_jitter(crop, plan),
         "  hue, whole batch": lambda: tensor_views.hue(crop, plan.jitter_factors[:, 3]),
         "  color, whole batch": lambda: tensor_views.color(crop, plan.jitter_factors[:, 2]),
         "RandAugment, 3 slots": lambda: tensor_views._apply_by_kind(crop, list(plan.ops.T), list(plan.magnitudes.T),

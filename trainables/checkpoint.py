@@ -87,7 +87,7 @@ def _load_failure(err: Exception) -> str:
     with weights_only=False, the one thing never to do with a file that names code: say what it named instead."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     if lines and lines[0].startswith("Weights only load failed"):
-        named = next((line for line in lines[1:] if "GLOBAL" in line or "global" in line), "a Python object")
+        named = next((line for line in lines[1:] if "global" in line.lower()), "a Python object")
         return (f"it refers to code or objects no {FORMAT} holds ({named.rstrip('.')}); nothing in it was run. "
                 "Treat it as untrusted: do not open it with weights_only=False")
     return lines[0] if lines else type(err).__name__

@@ -490,11 +490,16 @@ def _apply_by_kind(x: torch.Tensor, kinds: list[torch.Tensor], params: list[torc
     return x.index_select(0, torch.argsort(held).to(dev, non_blocking=True))
 
 
+def color_jitter(x: torch.Tensor, plan: ViewPlan) -> torch.Tensor:
+    """ColorJitter of the weak view: four slots, each sample's ops in its drawn order (no-op id 4 where the jitter
+    was not drawn)."""
+    kinds = [torch.where(plan.jitter, plan.jitter_order[:, position], 4) for position in range(4)]
+    return _apply_by_kind(x, kinds, [plan.jitter_factors] * 4, _JITTER_OPS)
+
+
 def weak_views(images: torch.Tensor, plan: ViewPlan) -> torch.Tensor:
     """uint8 [B, 3, 32, 32] weak views of `images` (any device) under `plan` (CPU)."""
-    x = resized_crop_flip(images, plan.weak_box, plan.weak_flip)
-    kinds = [torch.where(plan.jitter, plan.jitter_order[:, position], 4) for position in range(4)]
-    x = _apply_by_kind(x, kinds, [plan.jitter_factors] * 4, _JITTER_OPS)
+    x = color_jitter(resized_crop_flip(images, plan.weak_box, plan.weak_flip), plan)
     rows = plan.gray.nonzero()[:, 0].to(x.device, non_blocking=True)
     return x.index_copy_(0, rows, grayscale(x.index_select(0, rows)))
 
