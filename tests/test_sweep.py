@@ -174,9 +174,10 @@ NON_LOOPBACK_ALLOWED: dict[str, str] = {
     # (process names are cut to 15 characters: "ray::RayTrainWo")
     "ray::RayTrainWo": "torch.distributed's TCPStore, the rendezvous of a cell's process group, which Ray Train"
                        " sets up even for one worker; torch binds it to every interface and has no option to restrict",
-    # the same worker process, sampled while it runs Ray Train's process-group set-up (Ray retitles a worker after
-    # the method it is running), which is when that store starts listening
-    "ray::execute._setup_torch_process_group": "the same TCPStore, as it is being set up",
+    # The same worker process while it runs something for Ray Train: Ray retitles a worker after the task it runs,
+    # and Ray Train names every call on its workers "execute.<function>" (_setup_torch_process_group,
+    # _propagate_data_context, ...), so the store, which lives as long as the worker, is seen under any of them.
+    "ray::execute.": "the same TCPStore, sampled while its worker runs one of Ray Train's calls",
 }
 
 
