@@ -212,27 +212,34 @@ def _rgb_to_hsv(r: torch.Tensor, g: torch.Tensor, b: torch.Tensor) -> tuple[torc
     return uh, us
 
 
+_HUE_FIXED_BITS = 23  # v * factor in units of 2^-23: exact (see _hue_tables) and within int32 (255 * 2^23 < 2^31)
+
+
 @functools.cache
 def _hue_tables(device: torch.device) -> tuple[torch.Tensor, ...]:
-    """PIL's HSV round trip factored into small tables (about 0.8 MiB, built in milliseconds, cached per device).
+    """PIL's HSV round trip factored into small tables (about 1.6 MiB, built in milliseconds, cached per device).
 
-    rgb2hsv: V is max(r, g, b); H depends only on which channel is the maximum (r, else g, else b: PIL's test
-    order) and on two differences from the maximum, since cr = max - min is the larger of them: `to_h[case, dA,
-    dB]` (case 0: dA = max - g, dB = max - b; case 1: max - r, max - b; case 2: max - g, max - r). S depends on
-    (cr, max): `to_s[cr, max]`. Grey pixels land on cr = 0, where both tables hold PIL's 0.
+    rgb2hsv: V is max(r, g, b). H depends only on which channel is the maximum (r, else g, else b: PIL's test
+    order) and on the channels' distances below it, mr, mg, mb (cr = max - min is the largest of them): `to_h`
+    is indexed by (case, mr + mg, mr + mb), which identifies the pixel's distances within its case (case 0:
+    mr = 0; case 1: mg = 0; case 2: mb = 0) with no per-case selection. S depends on (cr, max): `to_s[cr, max]`.
+    Grey pixels land on cr = 0, where both tables hold PIL's 0.
     hsv2rgb: p = round(v (1 - fs)), q = round(v (1 - fs f)), t = round(v (1 - fs (1 - f))) with fs from S and
     (i, f) from H; the factors in parentheses are C doubles of (H, S) only, and the sector i % 6 picks which of
     v, p, q, t goes to each channel, so `factors[channel, H, S]` is the channel's factor (1.0 for v, and for
-    S = 0). What is left per pixel is one double product per channel and its rounding, as in hsv2rgb.
+    S = 0). What is left per pixel is round(v * factor), here in integers: factor * 2^23 rounded, then
+    (v * that + 2^22) >> 23, which equals the double product's rounding for every factor in the table and every
+    v in 0..255 (checked exhaustively when this was written; 2^22 would not be enough).
     The tables follow PIL's float/double mix step by step (`_rgb_to_hsv`, and hsv2rgb's expressions below), so the
     result is exact: tests/test_tensor_views.py checks the whole round trip against PIL on every 8-bit colour.
     """
     levels = torch.arange(256, dtype=torch.int32)
     a, b = levels.view(256, 1).expand(256, 256), levels.view(1, 256).expand(256, 256)
     top = torch.full_like(a, 255)
-    to_h = torch.stack([_rgb_to_hsv(top, top - a, top - b)[0],  # r is the maximum
-                        _rgb_to_hsv(top - a, top, top - b)[0],  # g (r is not)
-                        _rgb_to_hsv(top - b, top - a, top)[0]])  # b
+    to_h = torch.zeros(3, 512, 512, dtype=torch.int32)
+    to_h[0, a, b] = _rgb_to_hsv(top, top - a, top - b)[0]  # r is the maximum: mg = a, mb = b
+    to_h[1, a, a + b] = _rgb_to_hsv(top - a, top, top - b)[0]  # g (r is not): mr = a, mb = b
+    to_h[2, a + b, b] = _rgb_to_hsv(top - b, top - a, top)[0]  # b: mg = a, mr = b
     cr, maxc = a, b  # to_s[cr, max]; rows with cr > max never occur
     to_s = torch.where(cr <= maxc, _rgb_to_hsv(maxc, maxc - cr.clamp(max=maxc), maxc - cr.clamp(max=maxc))[1], 0)
     f32, f64 = torch.float32, torch.float64
@@ -252,7 +259,8 @@ def _hue_tables(device: torch.device) -> tuple[torch.Tensor, ...]:
     channel_factors = torch.stack([torch.stack(row) for row in switch])  # [6 sectors, 3 channels, H, S]
     channel_factors = channel_factors.gather(0, sector.expand(1, 3, 256, 256))[0]  # [3, H, S]
     channel_factors[:, :, 0] = 1.0  # S = 0
-    tables = (to_h.to(torch.uint8).reshape(-1), to_s.to(torch.uint8).reshape(-1), channel_factors.reshape(-1))
+    fixed = torch.round(channel_factors * 2.0 ** _HUE_FIXED_BITS).to(torch.int32)
+    tables = (to_h.to(torch.uint8).reshape(-1), to_s.to(torch.uint8).reshape(-1), fixed.reshape(-1))
     return tuple(t.to(device) for t in tables)
 
 
@@ -263,24 +271,21 @@ def hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     c = x.to(torch.int32)
     r, g, b = c[:, 0], c[:, 1], c[:, 2]
     maxc = torch.maximum(torch.maximum(r, g), b)
-    minc = torch.minimum(torch.minimum(r, g), b)
-    # PIL tests r == max, then g == max; 0/1 arithmetic instead of torch.where (slow on CPUs)
-    not_r = (r != maxc).to(torch.int32)
-    case_1 = not_r * (g == maxc)
-    case_2 = not_r - case_1
-    d_a = maxc - g + case_1 * (g - r)  # case 1: max - r, else max - g
-    d_b = maxc - b + case_2 * (b - r)  # case 2: max - r, else max - b
-    case = case_1 + 2 * case_2
-    h = to_h.index_select(0, ((case << 16) | (d_a << 8) | d_b).view(-1)).view_as(r).to(torch.int32)
-    s = to_s.index_select(0, (((maxc - minc) << 8) | maxc).view(-1)).view_as(r).to(torch.int32)
+    mr, mg, mb = maxc - r, maxc - g, maxc - b
+    not_r = mr != 0  # PIL tests r == max, then g == max: case 0 (r), 1 (g), 2 (b)
+    case = not_r.to(torch.int32) + (not_r & (mg != 0)).to(torch.int32)
+    h_index = (case << 18).add_((mr + mg) << 9).add_(mr).add_(mb)
+    h = to_h.index_select(0, h_index.view(-1)).view_as(r).to(torch.int32)
+    cr = torch.maximum(torch.maximum(mr, mg), mb)
+    s = to_s.index_select(0, ((cr << 8) | maxc).view(-1)).view_as(r).to(torch.int32)
     # np.int32(factor * 255) truncates toward zero; adding it to the uint8 H wraps mod 256.
     shift = _per_sample((factor.to(torch.float64) * 255.0).to(torch.int32), x)[:, 0]
     hs = (((h + shift) & 255) << 8) | s  # [n, H, W]
     channel = (torch.arange(3, dtype=torch.int32, device=x.device) << 16).view(1, 3, 1, 1)
     scale = factors.index_select(0, (hs[:, None] + channel).view(-1)).view(x.shape)
-    # v * factor in double and C's round (half away from zero; all values >= 0, so +0.5 and truncation); the
-    # factors are in [0, 1], so no clipping.
-    return scale.mul_(maxc[:, None]).add_(0.5).to(torch.int32).to(torch.uint8)
+    # C's round(v * factor) (half away from zero; all values >= 0), in fixed point; factors are in [0, 1]
+    rounded = scale.mul_(maxc[:, None]).add_(1 << (_HUE_FIXED_BITS - 1)).bitwise_right_shift_(_HUE_FIXED_BITS)
+    return rounded.to(torch.uint8)
 
 
 # --------------------------------------------------------------------------------------- lookup-table ops
