@@ -291,36 +291,49 @@ def hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------- lookup-table ops
 
 
+def _band_offsets(n: int, device: torch.device) -> torch.Tensor:
+    """int32 [n, 3, 1, 1]: where each sample's band starts in a flat [n * 3 * 256] table or histogram."""
+    return (torch.arange(n * 3, dtype=torch.int32, device=device) * 256).view(n, 3, 1, 1)
+
+
 def _histograms(x: torch.Tensor) -> torch.Tensor:
-    """[n, 3, 256] per-sample, per-band level counts."""
+    """[n, 3, 256] per-sample, per-band level counts (int64)."""
     n = len(x)
-    offsets = (torch.arange(n * 3, device=x.device) * 256).view(n, 3, 1)
-    flat = (x.reshape(n, 3, -1).to(torch.int64) + offsets).reshape(-1)
+    flat = (x + _band_offsets(n, x.device)).view(-1)  # uint8 + int32 -> int32: no separate widening pass
     return torch.bincount(flat, minlength=n * 3 * 256).view(n, 3, 256)
 
 
 def _apply_luts(x: torch.Tensor, luts: torch.Tensor) -> torch.Tensor:
     """Map each band of each sample through its uint8 [n, 3 or 1, 256] table (one flat index_select: on a CPU
     several times faster than gather with its int64 index)."""
-    n = len(x)
-    luts = luts.expand(n, 3, 256).contiguous()
-    offsets = (torch.arange(n * 3, dtype=torch.int32, device=x.device) * 256).view(n, 3, 1, 1)
-    return luts.view(-1).index_select(0, (x.to(torch.int32) + offsets).view(-1)).view_as(x)
+    luts = luts.expand(len(x), 3, 256).contiguous()
+    return luts.view(-1).index_select(0, (x + _band_offsets(len(x), x.device)).view(-1)).view_as(x)
 
 
-def _band_extremes(hist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    present = (hist > 0).to(torch.int8)
-    return present.argmax(dim=2), 255 - present.flip(2).argmax(dim=2)
+def _band_extremes(before: torch.Tensor, total: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lowest and highest level present per band, from the counts below each level (`before`, [n, 3, 256]) and
+    the band's total: a level is below the lowest while nothing is below it, and at or below the highest while
+    not everything is below it (comparisons and sums: cheaper than argmax on a CPU)."""
+    lo = (before == 0).sum(dim=2) - 1
+    hi = (before < total[..., None]).sum(dim=2) - 1
+    return lo, hi
 
 
 def _to_lut(levels: torch.Tensor) -> torch.Tensor:
     return levels.clamp(0, 255).to(torch.uint8)  # Image.point clips
 
 
+def _counts_below(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(histograms, counts below each level, totals) per sample and band."""
+    hist = _histograms(x)
+    before = torch.cumsum(hist, dim=2).sub_(hist)
+    return hist, before, hist.sum(dim=2)
+
+
 def _autocontrast_lut(x: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tensor:
     """ImageOps.autocontrast: per sample and band, int(level * scale + offset) stretching [lo, hi] to [0, 255]."""
     levels = torch.arange(256, device=x.device, dtype=torch.float64)
-    lo, hi = _band_extremes(_histograms(x))
+    lo, hi = _band_extremes(*_counts_below(x)[1:])
     stretch = hi > lo
     scale = _div(255.0, torch.where(stretch, hi - lo, 1).to(torch.float64))
     offset = -lo.to(torch.float64) * scale
@@ -329,15 +342,17 @@ def _autocontrast_lut(x: torch.Tensor, v: torch.Tensor | None = None) -> torch.T
 
 
 def _equalize_lut(x: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tensor:
-    """ImageOps.equalize: per sample and band, levels through the cumulative histogram in steps of total/255."""
-    hist = _histograms(x)
-    lo, hi = _band_extremes(hist)
+    """ImageOps.equalize: per sample and band, levels through the cumulative histogram in steps of total/255.
+    The integer divisions are done in float64 and floored: exact, as the operands are far below 2^53 / 2^24."""
+    hist, before, total = _counts_below(x)
+    lo, hi = _band_extremes(before, total)
     top = hist.gather(2, hi[..., None])[..., 0]
-    step = torch.where(hi > lo, (hist.sum(dim=2) - top) // 255, 0)
-    before = torch.cumsum(hist, dim=2) - hist
-    equalized = (step[..., None] // 2 + before) // step.clamp_min(1)[..., None]
-    levels = torch.arange(256, device=x.device)
-    return _to_lut(torch.where(step[..., None] > 0, equalized, levels))
+    step = torch.where(hi > lo, (total - top) // 255, 0).to(torch.float64)[..., None]
+    # (a / b).floor(): a correctly rounded quotient never crosses an integer while a < 2^53 (div's floor mode is
+    # several times slower on a CPU)
+    equalized = before.to(torch.float64).add_(torch.floor(step / 2)).div_(step.clamp_min(1)).floor_()
+    levels = torch.arange(256, device=x.device, dtype=torch.float64)
+    return _to_lut(torch.where(step > 0, equalized, levels))
 
 
 def _posterize_lut(x: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
