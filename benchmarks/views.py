@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from trainables.data import tensor_views  # noqa: E402
 from trainables.data.augment import TwoViewDataset  # noqa: E402
 from trainables.data.loaders import EpochBatchSampler, _collate  # noqa: E402
-from trainables.data.plan import draw_plan  # noqa: E402
+from trainables.data.plan import OP_ID, draw_plan  # noqa: E402
 from trainables.data.sources import load_split  # noqa: E402
 
 
@@ -50,17 +50,17 @@ def breakdown(images: torch.Tensor, batch: int, repeats: int = 30) -> None:
     x = images.index_select(0, indices)
     crop = tensor_views.resized_crop_flip(x, plan.weak_box, plan.weak_flip)
     v = plan.magnitudes[:, 0]
+    rotate = torch.full_like(plan.ops[:, 0], OP_ID["Rotate"])
     stages = {
         "plan": lambda: draw_plan(0, 1, indices),
         "resized crop + flip (one view)": lambda: tensor_views.resized_crop_flip(x, plan.weak_box, plan.weak_flip),
         "ColorJitter, 4 slots": lambda: tensor_views.color_jitter(crop, plan),
         "  hue, whole batch": lambda: tensor_views.hue(crop, plan.jitter_factors[:, 3]),
         "  color, whole batch": lambda: tensor_views.color(crop, plan.jitter_factors[:, 2]),
-        "RandAugment, 3 slots": lambda: tensor_views._apply_by_kind(crop, list(plan.ops.T), list(plan.magnitudes.T),
-                                                                    tensor_views._STRONG_OPS),
+        "RandAugment, 3 slots": lambda: tensor_views.randaugment(crop, plan.ops, plan.magnitudes),
         "  sharpness, whole batch": lambda: tensor_views.sharpness(crop, v),
         "  equalize, whole batch": lambda: tensor_views.equalize(crop),
-        "  rotate, whole batch": lambda: tensor_views._affine_nearest(crop, tensor_views._affine_coeffs("Rotate", v)),
+        "  rotate, whole batch": lambda: tensor_views._affine_nearest(crop, tensor_views._affine_coeffs(rotate, v)),
         "cutout": lambda: tensor_views.cutout(crop, plan.cutout),
         "both views": lambda: tensor_views.views(x, plan),
     }

@@ -411,18 +411,12 @@ def _affine_nearest(x: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
     return ringed.gather(2, index).view_as(x)
 
 
-def _affine_coeffs(op: str, v: torch.Tensor) -> torch.Tensor:
-    """[n, 6] PIL affine data of the op with magnitude v (CPU float64), as augment.py's PIL calls build them."""
-    zero, one = torch.zeros_like(v), torch.ones_like(v)
-    if op == "ShearX":
-        return torch.stack([one, v, zero, zero, one, zero], 1)
-    if op == "ShearY":
-        return torch.stack([one, zero, zero, v, one, zero], 1)
-    if op == "TranslateX":
-        return torch.stack([one, zero, v * IMAGE_SIZE, zero, one, zero], 1)
-    if op == "TranslateY":
-        return torch.stack([one, zero, zero, zero, one, v * IMAGE_SIZE], 1)
-    assert op == "Rotate", op
+def _affine_coeffs(ops: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """[..., 6] PIL affine data of RandAugment op ids `ops` with magnitudes v (CPU float64), as augment.py's PIL
+    calls build them; the identity where the op is not affine. One call covers every slot of a batch: per-op
+    calls would cost a few dozen small tensor ops each, per slot."""
+    v = v.to(torch.float64)
+    rotate = ops == OP_ID["Rotate"]
     # Image.rotate(v): angle % 360 (Python's sign rule), matrix rounded to 15 decimals, about the centre.
     angle = torch.fmod(v, 360.0)
     angle = torch.where(angle < 0, angle + 360.0, angle)
@@ -430,9 +424,18 @@ def _affine_coeffs(op: str, v: torch.Tensor) -> torch.Tensor:
     cos = torch.round(torch.cos(angle), decimals=15)
     sin = torch.round(torch.sin(angle), decimals=15)
     centre = IMAGE_SIZE / 2.0
-    c = cos * -centre + sin * -centre + centre
-    f = -sin * -centre + cos * -centre + centre
-    return torch.stack([cos, sin, c, -sin, cos, f], 1)
+
+    def where(op: str, value: torch.Tensor, otherwise: float = 0.0) -> torch.Tensor:
+        return torch.where(ops == OP_ID[op], value, otherwise)
+
+    return torch.stack([
+        torch.where(rotate, cos, 1.0),
+        torch.where(rotate, sin, where("ShearX", v)),
+        torch.where(rotate, cos * -centre + sin * -centre + centre, where("TranslateX", v * IMAGE_SIZE)),
+        torch.where(rotate, -sin, where("ShearY", v)),
+        torch.where(rotate, cos, 1.0),
+        torch.where(rotate, -sin * -centre + cos * -centre + centre, where("TranslateY", v * IMAGE_SIZE)),
+    ], dim=-1)
 
 
 # ------------------------------------------------------------------------------------------------------ views
@@ -440,7 +443,7 @@ def _affine_coeffs(op: str, v: torch.Tensor) -> torch.Tensor:
 # An op is (family, fn). The samples of one slot are grouped by family so each family costs one batched call:
 # "lut": fn(images, params) -> a uint8 [m, 3 or 1, 256] table per sample (every per-level map: brightness and
 #        contrast blend with a constant, autocontrast, equalize, posterize, solarize), applied in one lookup;
-# "affine": fn(params) -> [m, 6] PIL affine data (rotate, shear, translate), applied in one gather;
+# "affine": rotate, shear, translate, applied in one gather from PIL affine data computed for all slots at once;
 # "image": fn(images, params) -> new images (color, sharpness, hue: they need each pixel's neighbours/channels).
 _FAMILIES = ("lut", "affine", "image")
 _STRONG_OPS = tuple({
@@ -453,8 +456,7 @@ _STRONG_OPS = tuple({
     "Posterize": ("lut", _posterize_lut),
     "Sharpness": ("image", sharpness),
     "Solarize": ("lut", _solarize_lut),
-    **{name: ("affine", functools.partial(_affine_coeffs, name))
-       for name in ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY")},
+    **{name: ("affine", None) for name in ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY")},
 }[name] for name in OP_ID)
 # ColorJitter by plan.jitter_order id, on the [m, 4] factor rows; id 4 = jitter not applied.
 _JITTER_OPS = (("lut", lambda x, f: _brightness_lut(x, f[:, 0])), ("lut", lambda x, f: _contrast_lut(x, f[:, 1])),
@@ -472,8 +474,10 @@ def _family_order(table: tuple) -> tuple[torch.Tensor, tuple[int, ...]]:
     return rank, by_rank
 
 
-def _apply_by_kind(x: torch.Tensor, kinds: list[torch.Tensor], params: list[torch.Tensor], table) -> torch.Tensor:
+def _apply_by_kind(x: torch.Tensor, kinds: list[torch.Tensor], params: list[torch.Tensor], table,
+                   affine: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Apply, slot after slot, op table[kinds[slot][i]] with params[slot][i] to sample i; returns the new batch.
+    affine[slot] holds each sample's [6] PIL affine data for the slot (where the table has affine ops).
 
     Before each slot the batch is reordered so that the samples of one family, and within it of one op, are
     contiguous (one gather of the whole batch); each family then reads and writes its own slice, with no per-op
@@ -483,7 +487,7 @@ def _apply_by_kind(x: torch.Tensor, kinds: list[torch.Tensor], params: list[torc
     n, dev = len(x), x.device
     rank, by_rank = _family_order(table)
     held = torch.arange(n)  # held[j] = the sample now in row j
-    for slot_kinds, slot_params in zip(kinds, params):
+    for slot, (slot_kinds, slot_params) in enumerate(zip(kinds, params)):
         current = rank[slot_kinds[held]]
         order = torch.argsort(current, stable=True)
         held = held[order]
@@ -503,8 +507,7 @@ def _apply_by_kind(x: torch.Tensor, kinds: list[torch.Tensor], params: list[torc
             x[:end] = _apply_luts(x[:end], luts)
         if spans["affine"]:
             first, end = spans["affine"][0][0].start, spans["affine"][-1][0].stop
-            coeffs = torch.cat([fn(slot_params[held[rows]].to(torch.float64)) for rows, fn in spans["affine"]])
-            x[first:end] = _affine_nearest(x[first:end], coeffs)
+            x[first:end] = _affine_nearest(x[first:end], affine[slot][held[first:end]])
         for rows, fn in spans["image"]:
             x[rows] = fn(x[rows], slot_params[held[rows]])
     return x.index_select(0, torch.argsort(held).to(dev, non_blocking=True))
@@ -527,8 +530,13 @@ def weak_views(images: torch.Tensor, plan: ViewPlan) -> torch.Tensor:
 def strong_views(images: torch.Tensor, plan: ViewPlan) -> torch.Tensor:
     """uint8 [B, 3, 32, 32] strong views of `images` (any device) under `plan` (CPU): three ops, then Cutout."""
     x = resized_crop_flip(images, plan.strong_box, plan.strong_flip)
-    x = _apply_by_kind(x, list(plan.ops.T), list(plan.magnitudes.T), _STRONG_OPS)
-    return cutout(x, plan.cutout)
+    return cutout(randaugment(x, plan.ops, plan.magnitudes), plan.cutout)
+
+
+def randaugment(x: torch.Tensor, ops: torch.Tensor, magnitudes: torch.Tensor) -> torch.Tensor:
+    """The strong view's three RandAugment slots: op ids and magnitudes [B, 3] (CPU)."""
+    affine = _affine_coeffs(ops, magnitudes)
+    return _apply_by_kind(x, list(ops.T), list(magnitudes.T), _STRONG_OPS, list(affine.unbind(1)))
 
 
 def cutout(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
