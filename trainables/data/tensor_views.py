@@ -268,19 +268,21 @@ def hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """torchvision's adjust_hue on PIL: RGB -> PIL's 8-bit HSV, H += int(factor * 255) mod 256, HSV -> RGB, pixel
     for pixel PIL's arithmetic through the small tables of `_hue_tables`."""
     to_h, to_s, factors = _hue_tables(x.device)
-    c = x.to(torch.int32)
-    r, g, b = c[:, 0], c[:, 1], c[:, 2]
+    # max and the distances below it in uint8 (a quarter of int32's memory traffic); the table indices in int32,
+    # which uint8 operands are promoted to
+    r, g, b = x[:, 0], x[:, 1], x[:, 2]
     maxc = torch.maximum(torch.maximum(r, g), b)
     mr, mg, mb = maxc - r, maxc - g, maxc - b
     not_r = mr != 0  # PIL tests r == max, then g == max: case 0 (r), 1 (g), 2 (b)
-    case = not_r.to(torch.int32) + (not_r & (mg != 0)).to(torch.int32)
-    h_index = (case << 18).add_((mr + mg) << 9).add_(mr).add_(mb)
-    h = to_h.index_select(0, h_index.view(-1)).view_as(r).to(torch.int32)
+    case = not_r.to(torch.int32).add_(not_r & (mg != 0))
+    mr32 = mr.to(torch.int32)
+    h_index = (case << 18).add_((mr32 + mg) << 9).add_(mr32).add_(mb)
+    h = to_h.index_select(0, h_index.view(-1)).view_as(r)
     cr = torch.maximum(torch.maximum(mr, mg), mb)
-    s = to_s.index_select(0, ((cr << 8) | maxc).view(-1)).view_as(r).to(torch.int32)
+    s = to_s.index_select(0, ((cr.to(torch.int32) << 8) | maxc).view(-1)).view_as(r)
     # np.int32(factor * 255) truncates toward zero; adding it to the uint8 H wraps mod 256.
     shift = _per_sample((factor.to(torch.float64) * 255.0).to(torch.int32), x)[:, 0]
-    hs = (((h + shift) & 255) << 8) | s  # [n, H, W]
+    hs = ((h + shift) & 255).bitwise_left_shift_(8).bitwise_or_(s)  # [n, H, W] int32
     channel = (torch.arange(3, dtype=torch.int32, device=x.device) << 16).view(1, 3, 1, 1)
     scale = factors.index_select(0, (hs[:, None] + channel).view(-1)).view(x.shape)
     # C's round(v * factor) (half away from zero; all values >= 0), in fixed point; factors are in [0, 1]
