@@ -16,6 +16,7 @@ from trainables.data import augment as A
 from trainables.data import pil_ops
 from trainables.data import plan as P
 from trainables.data import tensor_views as T
+from trainables.data.loaders import DeviceTrainBatches, EpochBatchSampler
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_cifar = pytest.mark.skipif(not (SHARED / "cifar10").is_dir(), reason=f"no shared CIFAR-10 at {SHARED}")
@@ -160,6 +161,27 @@ def test_batch_equals_single(cifar):
     for i in range(len(x)):
         w, s = T.views(x[i:i + 1], plan.select(i))
         assert w[0].equal(weak[i]) and s[0].equal(strong[i])
+
+
+@needs_cifar
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_device_batches_are_one_views_call_per_batch_whatever_the_grouping(cifar, monkeypatch, world_size):
+    """DeviceTrainBatches makes views for several batches per call; every batch, the last of a short group included,
+    is what a views call on that batch alone gives, with the sampler's order and keys, in every epoch and rank."""
+    images = _nchw(cifar)
+    for rank in range(world_size):
+        sampler = EpochBatchSampler(len(images), 10, seed=5, rank=rank, world_size=world_size)
+        for per_call in (1, 3, 1000):  # 10 / world_size samples per batch: one batch, 3 of 4 then 1, all 4
+            monkeypatch.setattr(DeviceTrainBatches, "VIEW_CALL_SAMPLES", per_call * 10 // world_size)
+            batches = DeviceTrainBatches(images, sampler, seed=5)
+            for epoch in (0, 3):
+                sampler.set_epoch(epoch)
+                got = list(batches)
+                assert len(got) == len(sampler) == 4
+                for (weak, strong, idx), keys in zip(got, sampler):
+                    assert idx.tolist() == [i for _, i in keys] and len(idx) == 10 // world_size
+                    w, s = T.views(images[idx], P.draw_plan(5, epoch, idx))
+                    assert weak.equal(w) and strong.equal(s)
 
 
 def test_views_reject_non_uint8_input():
