@@ -345,7 +345,7 @@ def _autocontrast_lut(x: torch.Tensor, v: torch.Tensor | None = None) -> torch.T
 
 def _equalize_lut(x: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tensor:
     """ImageOps.equalize: per sample and band, levels through the cumulative histogram in steps of total/255.
-    The integer divisions are done in float64 and floored: exact, as the operands are far below 2^53 / 2^24."""
+    The integer division is a float64 quotient, floored: exact, as the counts are far below 2^53."""
     hist, before, total = _counts_below(x)
     lo, hi = _band_extremes(before, total)
     top = hist.gather(2, hi[..., None])[..., 0]
