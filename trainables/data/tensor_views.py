@@ -65,7 +65,7 @@ def _blend(degenerate: torch.Tensor, img: torch.Tensor, factor: torch.Tensor) ->
     clipped to [0, 255] and truncated. degenerate may broadcast (a constant per sample, or one gray band)."""
     alpha = _per_sample(factor.to(torch.float32), img)
     d = degenerate.to(torch.float32)
-    out = (img.to(torch.float32) - d).mul(alpha).add_(d)
+    out = (img.to(torch.float32) - d).mul_(alpha).add_(d)  # img must have the output's shape (in place)
     return out.clamp_(0, 255).to(torch.int16).to(torch.uint8)  # via int16: float -> uint8 is slow on CPUs
 
 
@@ -144,7 +144,7 @@ def resized_crop_flip(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Te
 def _level_blend(degenerate: torch.Tensor | float, factor: torch.Tensor) -> torch.Tensor:
     """`_blend` over the 256 levels against a per-sample constant: ImageEnhance's map as a [n, 1, 256] table.
     A blend with a constant is a per-level function, so applying the table gives PIL's pixels exactly."""
-    levels = torch.arange(256, dtype=torch.float32, device=factor.device).view(1, 1, 1, 256)
+    levels = torch.arange(256, dtype=torch.float32, device=factor.device).expand(len(factor), 1, 1, 256)
     return _blend(torch.as_tensor(degenerate, dtype=torch.float32), levels, factor).view(-1, 1, 256)
 
 
