@@ -56,8 +56,8 @@ def _luma(x: torch.Tensor) -> torch.Tensor:
     """PIL's RGB -> L: (19595 R + 38470 G + 7471 B + 2^15) >> 16, as float32 [n, 1, H, W] (uint8 or float32 x).
     The sum stays below 2^24, so float32 holds it exactly and the shift is an exact floor(sum * 2^-16)."""
     x = x.to(torch.float32)
-    total = x[:, 0:1] * 19595 + x[:, 1:2] * 38470
-    return total.add_(x[:, 2:3], alpha=7471).add_(0x8000).mul_(2.0 ** -16).floor_()
+    total = x[:, 0:1] * 19595
+    return total.add_(x[:, 1:2], alpha=38470).add_(x[:, 2:3], alpha=7471).add_(0x8000).mul_(2.0 ** -16).floor_()
 
 
 def _blend(degenerate: torch.Tensor, img: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
