@@ -179,8 +179,8 @@ def sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     filter leaves the 1-px border as it is, and so does this. Sums of 8-bit levels are exact in float32, and so
     is floor((2 acc + 13) / 26) = floor(acc / 13 + 0.5) (the quotient is never within 2^-24 of an integer)."""
     xf = x.to(torch.float32)
-    rows = xf[:, :, :-2] + xf[:, :, 1:-1] + xf[:, :, 2:]
-    acc = rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:]
+    rows = (xf[:, :, :-2] + xf[:, :, 1:-1]).add_(xf[:, :, 2:])
+    acc = (rows[..., :-2] + rows[..., 1:-1]).add_(rows[..., 2:])
     acc.add_(xf[:, :, 1:-1, 1:-1], alpha=4)  # the 3x3 box sum plus 4 more of the centre: the SMOOTH kernel
     smooth = xf.clone()
     smooth[:, :, 1:-1, 1:-1] = acc.mul_(2).add_(13).div_(26).floor_()  # div's floor mode is slow on CPUs
