@@ -1,6 +1,8 @@
 """The GPU check of the tensor views: ResNet-18, bf16 + channels_last, batch 256, CORR+RECORDS on CIFAR-10-LT.
 
     python benchmarks/gpu_views.py --data-root ../shared/data                  # on a GPU node
+    python benchmarks/gpu_views.py --data-root ../shared/data --view-call-samples 256 --trials 1
+        # the same with one views call per batch (how much sharing calls over batches gives on that device)
     python benchmarks/gpu_views.py --device cpu --arch small-cnn --steps 2 --seconds 2 --workers 1 --trials 1 2
         # a smoke test of the script on a CPU
 
@@ -30,7 +32,7 @@ from train_step import timed as timed_calls  # noqa: E402
 
 from trainables.comm import Comm  # noqa: E402
 from trainables.config import TrialConfig  # noqa: E402
-from trainables.data.loaders import build_dataset, make_train_batches  # noqa: E402
+from trainables.data.loaders import DeviceTrainBatches, build_dataset, make_train_batches  # noqa: E402
 from trainables.loop import build_optimizer, train_steps  # noqa: E402
 from trainables.methods import create_method  # noqa: E402
 from trainables.models import ModelHandle, create_model  # noqa: E402
@@ -68,7 +70,8 @@ def shared(args, trials: int) -> float:
     overlap (each runs `--seconds`), so the sum is what the device sustains with that many trials on it."""
     cmd = [sys.executable, __file__, "--_child", "--device", args.device, "--data-root", args.data_root,
            "--arch", args.arch, "--batch", str(args.batch), "--precision", args.precision,
-           "--steps", str(args.steps), "--warmup", str(args.warmup), "--seconds", str(args.seconds)]
+           "--steps", str(args.steps), "--warmup", str(args.warmup), "--seconds", str(args.seconds),
+           "--view-call-samples", str(args.view_call_samples)]
     procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(trials)]
     for proc in procs:
         if proc.stdout.readline().strip() != "ready":
@@ -94,8 +97,11 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="loader workers of the pil run")
     p.add_argument("--trials", type=int, nargs="+", default=[1, 2, 4], help="tensor trials sharing the device")
+    p.add_argument("--view-call-samples", type=int, default=DeviceTrainBatches.VIEW_CALL_SAMPLES,
+                   help="samples per tensor views call (the batch size: one call per batch)")
     p.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
+    DeviceTrainBatches.VIEW_CALL_SAMPLES = args.view_call_samples
     if args._child:
         run = prepare(args, "tensor", 0)
         print("ready", flush=True)
@@ -104,7 +110,7 @@ def main() -> None:
         return
     name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "CPU"
     print(f"{args.arch} {args.precision} batch {args.batch}, CORR+RECORDS, {args.seconds:g} s per figure on {name}; "
-          f"{os.cpu_count()} CPU cores", flush=True)
+          f"{os.cpu_count()} CPU cores; tensor views {args.view_call_samples} samples per call", flush=True)
     pil = timed(args, prepare(args, "pil", args.workers))
     print(f"pil, {args.workers} loader workers: {pil:10.0f} samples/s", flush=True)
     tensor = timed(args, prepare(args, "tensor", 0))
