@@ -102,9 +102,14 @@ class EpochBatchSampler(Sampler):
     def __len__(self) -> int:
         return self.num_samples // self.batch_size
 
+    @property
+    def share(self) -> int:
+        """Samples of each global batch that this rank gets."""
+        return self.batch_size // self.world_size
+
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         perm = self.permutation(self.epoch).tolist()
-        share = self.batch_size // self.world_size
+        share = self.share
         for step in range(len(self)):
             start = step * self.batch_size + self.rank * share
             yield [(self.epoch, i) for i in perm[start:start + share]]
@@ -143,9 +148,9 @@ class DeviceTrainBatches:
     cost per call (a few thousand small tensor ops, or kernel launches on a GPU) is shared.
     """
 
-    # Samples per views call. On a 2-core CPU (benchmarks/views.py's sizes), per-sample cost falls from 64 to 512
-    # samples per call (8.3 -> 3.8 ms per 64 samples on 2 threads) and rises again past it, as the working set
-    # leaves the cache.
+    # Samples per views call. On a 2-core CPU (`benchmarks/views.py --batch N`, the all-cores column), the cost per
+    # sample falls from 64 to 512 samples per call (8.3 -> 3.8 ms per 64 samples on 2 threads) and rises again past
+    # it (5.1 ms at 1024), as the working set leaves the cache.
     VIEW_CALL_SAMPLES = 512
 
     def __init__(self, images: torch.Tensor, sampler: EpochBatchSampler, seed: int, faithful_cutout: bool = False):
@@ -156,7 +161,7 @@ class DeviceTrainBatches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         batches = iter(self.sampler)
-        per_call = max(1, self.VIEW_CALL_SAMPLES // (self.sampler.batch_size // self.sampler.world_size))
+        per_call = max(1, self.VIEW_CALL_SAMPLES // self.sampler.share)
         while group := list(itertools.islice(batches, per_call)):
             epochs, indices = torch.tensor([key for keys in group for key in keys], dtype=torch.int64).T
             plan = draw_plan(self.seed, epochs, indices, self.faithful_cutout)
