@@ -246,6 +246,23 @@ def test_plan_distributions_match_the_spec():
         assert (torch.quantile(area, quantiles) - torch.quantile(ref, quantiles)).abs().max() < 0.03
 
 
+def test_hue_fixed_point_rounding_equals_the_double_product_for_every_factor_and_level():
+    """hsv2rgb's round(v * factor) in C doubles (half away from zero; all values >= 0) against the table's
+    (v * round(factor * 2^bits) + 2^(bits - 1)) >> bits, for every factor of the table and every v in 0..255:
+    equal at the table's bits, and not at one bit fewer (so the check can tell)."""
+    factors = T._hsv_to_rgb_factors().reshape(-1)
+
+    def mismatches(bits: int) -> int:
+        fixed = torch.round(factors * 2.0 ** bits).to(torch.int64)
+        return sum(int(((fixed * v + (1 << (bits - 1))) >> bits).ne(torch.floor(factors * v + 0.5).to(torch.int64))
+                       .sum()) for v in range(256))
+
+    assert T._hue_tables(torch.device("cpu"))[2].equal(
+        torch.round(factors * 2.0 ** T._HUE_FIXED_BITS).to(torch.int32))  # the table holds these factors
+    assert mismatches(T._HUE_FIXED_BITS) == 0
+    assert mismatches(T._HUE_FIXED_BITS - 1) > 0
+
+
 def test_hue_reproduces_pil_on_every_colour():
     """The factored HSV tables against PIL on all 2^24 colours (greys and ties included), as 256 images of 256x256
     pixels, each image at its own hue shift, so every shift int(factor * 255) can take (-127 to 127) occurs: exact."""

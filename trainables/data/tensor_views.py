@@ -215,33 +215,10 @@ def _rgb_to_hsv(r: torch.Tensor, g: torch.Tensor, b: torch.Tensor) -> tuple[torc
 _HUE_FIXED_BITS = 23  # v * factor in units of 2^-23: exact (see _hue_tables) and within int32 (255 * 2^23 < 2^31)
 
 
-@functools.cache
-def _hue_tables(device: torch.device) -> tuple[torch.Tensor, ...]:
-    """PIL's HSV round trip factored into small tables (about 1.6 MiB, built in milliseconds, cached per device).
-
-    rgb2hsv: V is max(r, g, b). H depends only on which channel is the maximum (r, else g, else b: PIL's test
-    order) and on the channels' distances below it, mr, mg, mb (cr = max - min is the largest of them): `to_h`
-    is indexed by (case, mr + mg, mr + mb), which identifies the pixel's distances within its case (case 0:
-    mr = 0; case 1: mg = 0; case 2: mb = 0) with no per-case selection. S depends on (cr, max): `to_s[cr, max]`.
-    Grey pixels land on cr = 0, where both tables hold PIL's 0.
-    hsv2rgb: p = round(v (1 - fs)), q = round(v (1 - fs f)), t = round(v (1 - fs (1 - f))) with fs from S and
-    (i, f) from H; the factors in parentheses are C doubles of (H, S) only, and the sector i % 6 picks which of
-    v, p, q, t goes to each channel, so `factors[channel, H, S]` is the channel's factor (1.0 for v, and for
-    S = 0). What is left per pixel is round(v * factor), here in integers: factor * 2^23 rounded, then
-    (v * that + 2^22) >> 23, which equals the double product's rounding for every factor in the table and every
-    v in 0..255 (checked exhaustively when this was written; 2^22 would not be enough).
-    The tables follow PIL's float/double mix step by step (`_rgb_to_hsv`, and hsv2rgb's expressions below), so the
-    result is exact: tests/test_tensor_views.py checks the whole round trip against PIL on every 8-bit colour.
-    """
+def _hsv_to_rgb_factors() -> torch.Tensor:
+    """float64 [3 channels, 256 H, 256 S]: the C double each channel's V is multiplied by in PIL's hsv2rgb (see
+    `_hue_tables`)."""
     levels = torch.arange(256, dtype=torch.int32)
-    a, b = levels.view(256, 1).expand(256, 256), levels.view(1, 256).expand(256, 256)
-    top = torch.full_like(a, 255)
-    to_h = torch.zeros(3, 512, 512, dtype=torch.int32)
-    to_h[0, a, b] = _rgb_to_hsv(top, top - a, top - b)[0]  # r is the maximum: mg = a, mb = b
-    to_h[1, a, a + b] = _rgb_to_hsv(top - a, top, top - b)[0]  # g (r is not): mr = a, mb = b
-    to_h[2, a + b, b] = _rgb_to_hsv(top - b, top - a, top)[0]  # b: mg = a, mr = b
-    cr, maxc = a, b  # to_s[cr, max]; rows with cr > max never occur
-    to_s = torch.where(cr <= maxc, _rgb_to_hsv(maxc, maxc - cr.clamp(max=maxc), maxc - cr.clamp(max=maxc))[1], 0)
     f32, f64 = torch.float32, torch.float64
     hd = _div(levels.to(f64) * 6.0, 255.0)  # H: i = floor(H * 6 / 255), f the rest, as hsv2rgb
     sector = torch.floor(hd)
@@ -259,7 +236,37 @@ def _hue_tables(device: torch.device) -> tuple[torch.Tensor, ...]:
     channel_factors = torch.stack([torch.stack(row) for row in switch])  # [6 sectors, 3 channels, H, S]
     channel_factors = channel_factors.gather(0, sector.expand(1, 3, 256, 256))[0]  # [3, H, S]
     channel_factors[:, :, 0] = 1.0  # S = 0
-    fixed = torch.round(channel_factors * 2.0 ** _HUE_FIXED_BITS).to(torch.int32)
+    return channel_factors
+
+
+@functools.cache
+def _hue_tables(device: torch.device) -> tuple[torch.Tensor, ...]:
+    """PIL's HSV round trip factored into small tables (about 1.6 MiB, built in milliseconds, cached per device).
+
+    rgb2hsv: V is max(r, g, b). H depends only on which channel is the maximum (r, else g, else b: PIL's test
+    order) and on the channels' distances below it, mr, mg, mb (cr = max - min is the largest of them): `to_h`
+    is indexed by (case, mr + mg, mr + mb), which identifies the pixel's distances within its case (case 0:
+    mr = 0; case 1: mg = 0; case 2: mb = 0) with no per-case selection. S depends on (cr, max): `to_s[cr, max]`.
+    Grey pixels land on cr = 0, where both tables hold PIL's 0.
+    hsv2rgb: p = round(v (1 - fs)), q = round(v (1 - fs f)), t = round(v (1 - fs (1 - f))) with fs from S and
+    (i, f) from H; the factors in parentheses are C doubles of (H, S) only, and the sector i % 6 picks which of
+    v, p, q, t goes to each channel, so `factors[channel, H, S]` is the channel's factor (1.0 for v, and for
+    S = 0). What is left per pixel is round(v * factor), here in integers: factor * 2^23 rounded, then
+    (v * that + 2^22) >> 23, which equals the double product's rounding for every factor in the table and every
+    v in 0..255 (tests/test_tensor_views.py checks all of them; 2^22 would not be enough).
+    The tables follow PIL's float/double mix step by step (`_rgb_to_hsv`, `_hsv_to_rgb_factors`), so the
+    result is exact: tests/test_tensor_views.py checks the whole round trip against PIL on every 8-bit colour.
+    """
+    levels = torch.arange(256, dtype=torch.int32)
+    a, b = levels.view(256, 1).expand(256, 256), levels.view(1, 256).expand(256, 256)
+    top = torch.full_like(a, 255)
+    to_h = torch.zeros(3, 512, 512, dtype=torch.int32)
+    to_h[0, a, b] = _rgb_to_hsv(top, top - a, top - b)[0]  # r is the maximum: mg = a, mb = b
+    to_h[1, a, a + b] = _rgb_to_hsv(top - a, top, top - b)[0]  # g (r is not): mr = a, mb = b
+    to_h[2, a + b, b] = _rgb_to_hsv(top - b, top - a, top)[0]  # b: mg = a, mr = b
+    cr, maxc = a, b  # to_s[cr, max]; rows with cr > max never occur
+    to_s = torch.where(cr <= maxc, _rgb_to_hsv(maxc, maxc - cr.clamp(max=maxc), maxc - cr.clamp(max=maxc))[1], 0)
+    fixed = torch.round(_hsv_to_rgb_factors() * 2.0 ** _HUE_FIXED_BITS).to(torch.int32)
     tables = (to_h.to(torch.uint8).reshape(-1), to_s.to(torch.uint8).reshape(-1), fixed.reshape(-1))
     return tuple(t.to(device) for t in tables)
 
