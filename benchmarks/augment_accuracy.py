@@ -17,9 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-from trainables.checkpoint import FILENAME
-from trainables.config import RunOptions, TrialConfig
-from trainables.loop import fit
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # like the other benchmarks: runs without an install
+
+from trainables.checkpoint import FILENAME  # noqa: E402
+from trainables.config import RunOptions, TrialConfig  # noqa: E402
+from trainables.loop import fit  # noqa: E402
 
 PATHS = ("pil", "tensor")
 

@@ -165,8 +165,9 @@ class DeviceTrainBatches:
         while group := list(itertools.islice(batches, per_call)):
             epochs, indices = torch.tensor([key for keys in group for key in keys], dtype=torch.int64).T
             plan = draw_plan(self.seed, epochs, indices, self.faithful_cutout)
-            images = self.images.index_select(0, indices.to(self.images.device, non_blocking=True))
-            weak, strong = tensor_views.views(images, plan)
+            # pinned and in one copy (see tensor_views.to_device); the batches' idx are then on the device already
+            indices = tensor_views.to_device([indices], self.images.device)[0]
+            weak, strong = tensor_views.views(self.images.index_select(0, indices), plan)
             start = 0
             for keys in group:
                 rows = slice(start, start + len(keys))

@@ -45,9 +45,11 @@ def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def _div(a: torch.Tensor | float, b: torch.Tensor | float) -> torch.Tensor:
     """Correctly rounded a / b. torch computes scalar / tensor as reciprocal times scalar, and tensor / scalar as
-    tensor times the scalar's reciprocal: both can be 1 ulp off the C division PIL does."""
-    device = a.device if isinstance(a, torch.Tensor) else b.device
-    a, b = (torch.as_tensor(t, dtype=torch.float64, device=device) for t in (a, b))
+    tensor times the scalar's reciprocal: both can be 1 ulp off the C division PIL does. A Python number becomes
+    a filled tensor on the device (torch.tensor(number, device=...) would be a host -> device copy)."""
+    like = a if isinstance(a, torch.Tensor) else b
+    a, b = (t.to(torch.float64) if isinstance(t, torch.Tensor) else torch.full_like(like, t, dtype=torch.float64)
+            for t in (a, b))
     a, b = torch.broadcast_tensors(a, b)
     return torch.div(a, b.contiguous())
 
@@ -60,11 +62,12 @@ def _luma(x: torch.Tensor) -> torch.Tensor:
     return total.add_(x[:, 1:2], alpha=38470).add_(x[:, 2:3], alpha=7471).add_(0x8000).mul_(2.0 ** -16).floor_()
 
 
-def _blend(degenerate: torch.Tensor, img: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+def _blend(degenerate: torch.Tensor | float, img: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """PIL's Image.blend(degenerate, img, factor) for 8-bit bands: in1 + alpha * (in2 - in1) with a C float alpha,
-    clipped to [0, 255] and truncated. degenerate may broadcast (a constant per sample, or one gray band)."""
+    clipped to [0, 255] and truncated. degenerate may broadcast (a constant per sample, or one gray band) or be a
+    number (0.0 for brightness: exact in float32)."""
     alpha = _per_sample(factor.to(torch.float32), img)
-    d = degenerate.to(torch.float32)
+    d = degenerate.to(torch.float32) if isinstance(degenerate, torch.Tensor) else float(degenerate)
     out = (img.to(torch.float32) - d).mul_(alpha).add_(d)  # img must have the output's shape (in place)
     return out.clamp_(0, 255).to(torch.int16).to(torch.uint8)  # via int16: float -> uint8 is slow on CPUs
 
@@ -108,17 +111,17 @@ def _resample_matrices(device: torch.device, dtype: torch.dtype) -> torch.Tensor
     return matrix.to(device=device, dtype=dtype)
 
 
-def _crop_matrices(start: torch.Tensor, length: torch.Tensor, flip: torch.Tensor | None, device: torch.device,
-                   dtype: torch.dtype) -> torch.Tensor:
-    index = (flip.to(torch.int64) if flip is not None else 0) * (IMAGE_SIZE * (IMAGE_SIZE + 1))
-    index = index + start * (IMAGE_SIZE + 1) + length
-    return _resample_matrices(device, dtype).index_select(0, index.to(device, non_blocking=True))
+def _crop_index(boxes: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """int64 [2, n]: each sample's rows in `_resample_matrices`, horizontal (with the flip) then vertical."""
+    span = IMAGE_SIZE * (IMAGE_SIZE + 1)
+    cols = flips.to(torch.int64) * span + boxes[:, 1] * (IMAGE_SIZE + 1) + boxes[:, 3]
+    return torch.stack([cols, boxes[:, 0] * (IMAGE_SIZE + 1) + boxes[:, 2]])
 
 
 def resized_crop_flip(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
     """PIL's img.crop(box).resize((32, 32), BILINEAR), then the horizontal flip, per sample.
 
-    boxes: int64 [n, 4] (top, left, height, width) on the CPU; flips: bool [n] on the CPU.
+    boxes: int64 [n, 4] (top, left, height, width); flips: bool [n].
 
     Each pass is a batched matrix product (the fastest per-sample gather of taps there is on a CPU), rounded as
     PIL rounds, (sum + 2^21) >> 22: floor(sum + 0.5) on the scaled sum. The weights are non-negative and sum to
@@ -126,10 +129,14 @@ def resized_crop_flip(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Te
     land on the other side of PIL's rounding point when it is within ~1e-5 of a half, which the parity test
     bounds. Where TF32 matmuls are switched on (CUDA), float32 would lose far more, so the products run in float64.
     """
+    return _resized_crop(images, _crop_index(boxes, flips))
+
+
+def _resized_crop(images: torch.Tensor, crop_index: torch.Tensor) -> torch.Tensor:
     n, dev = len(images), images.device
     dtype = torch.float64 if dev.type == "cuda" and torch.backends.cuda.matmul.allow_tf32 else torch.float32
-    cols = _crop_matrices(boxes[:, 1], boxes[:, 3], flips, dev, dtype)
-    rows = _crop_matrices(boxes[:, 0], boxes[:, 2], None, dev, dtype)
+    cols, rows = _resample_matrices(dev, dtype).index_select(0, crop_index.to(dev, non_blocking=True).view(-1)
+                                                             ).view(2, n, IMAGE_SIZE, IMAGE_SIZE)
     size = IMAGE_SIZE
     # Horizontal pass first, rounded to 8 bits, then the vertical pass: PIL's order and rounding. Both on the
     # NCHW layout: [n, (c, h), w] @ cols^T, then rows @ [n, c, h, w'] broadcast over the channels.
@@ -145,7 +152,7 @@ def _level_blend(degenerate: torch.Tensor | float, factor: torch.Tensor) -> torc
     """`_blend` over the 256 levels against a per-sample constant: ImageEnhance's map as a [n, 1, 256] table.
     A blend with a constant is a per-level function, so applying the table gives PIL's pixels exactly."""
     levels = torch.arange(256, dtype=torch.float32, device=factor.device).expand(len(factor), 1, 1, 256)
-    return _blend(torch.as_tensor(degenerate, dtype=torch.float32), levels, factor).view(-1, 1, 256)
+    return _blend(degenerate, levels, factor).view(-1, 1, 256)
 
 
 def _brightness_lut(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -312,9 +319,12 @@ def _flat_levels(x: torch.Tensor) -> torch.Tensor:
 
 
 def _histograms(x: torch.Tensor) -> torch.Tensor:
-    """[n, 3, 256] per-sample, per-band level counts (int64)."""
-    n = len(x)
-    return torch.bincount(_flat_levels(x), minlength=n * 3 * 256).view(n, 3, 256)
+    """[n, 3, 256] per-sample, per-band level counts (int64). An index_add_ into a fixed-size array rather than
+    torch.bincount: on CUDA, bincount reads the input's max and min back to the host to size its output, a stream
+    sync per call; the two are equally fast on a CPU."""
+    n, levels = len(x), _flat_levels(x)
+    ones = torch.ones(1, dtype=torch.int64, device=x.device).expand(len(levels))
+    return torch.zeros(n * 3 * 256, dtype=torch.int64, device=x.device).index_add_(0, levels, ones).view(n, 3, 256)
 
 
 def _apply_luts(x: torch.Tensor, luts: torch.Tensor) -> torch.Tensor:
@@ -371,16 +381,16 @@ def _equalize_lut(x: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tenso
 
 def _posterize_lut(x: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
     """ImageOps.posterize(img, int(v)): keep the top int(v) bits."""
+    magnitude = magnitude.to(x.device, non_blocking=True)
     mask = 255 & ~((1 << (8 - magnitude.to(torch.int64))) - 1)
-    return (torch.arange(256) & mask[:, None]).to(torch.uint8).view(-1, 1, 256).to(x.device, non_blocking=True)
+    return (torch.arange(256, device=x.device) & mask[:, None]).to(torch.uint8).view(-1, 1, 256)
 
 
 def _solarize_lut(x: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
     """ImageOps.solarize(img, v): invert levels >= v, i.e. levels >= ceil(v)."""
-    levels = torch.arange(256)
-    inverted = levels >= torch.ceil(magnitude).clamp(0, 256).to(torch.int64)[:, None]
-    lut = torch.where(inverted, 255 - levels, levels).to(torch.uint8)
-    return lut.view(-1, 1, 256).to(x.device, non_blocking=True)
+    levels = torch.arange(256, device=x.device)
+    threshold = torch.ceil(magnitude.to(x.device, non_blocking=True)).clamp(0, 256).to(torch.int64)
+    return torch.where(levels >= threshold[:, None], 255 - levels, levels).to(torch.uint8).view(-1, 1, 256)
 
 
 def autocontrast(x: torch.Tensor) -> torch.Tensor:
@@ -411,9 +421,9 @@ def _affine_nearest(x: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
     the products here differ from those sums by rounding only (~1e-15 px). The image gets a 1-px black ring and
     coordinates are clamped onto it, so outside pixels read black and the whole op is one gather."""
     n, c, height, width = x.shape
-    a = coeffs.to(torch.float64)
-    xs = torch.arange(width, dtype=torch.float64)
-    ys = torch.arange(height, dtype=torch.float64)
+    a = coeffs.to(x.device, torch.float64, non_blocking=True)
+    xs = torch.arange(width, dtype=torch.float64, device=x.device)
+    ys = torch.arange(height, dtype=torch.float64, device=x.device)
     xo = (a[:, 2] + a[:, 1] * 0.5 + a[:, 0] * 0.5)[:, None, None]
     yo = (a[:, 5] + a[:, 4] * 0.5 + a[:, 3] * 0.5)[:, None, None]
     src_x = ((xo + ys[None, :, None] * a[:, 1, None, None]) + xs[None, None, :] * a[:, 0, None, None]).floor_()
@@ -421,7 +431,7 @@ def _affine_nearest(x: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
     # in ring coordinates: 0 and width + 1 are the black ring, 1..width the image
     index = src_y.clamp_(-1, height).add_(1).mul_(width + 2).add_(src_x.clamp_(-1, width).add_(1)).to(torch.int64)
     ringed = torch.nn.functional.pad(x, (1, 1, 1, 1)).view(n, c, -1)
-    index = index.view(n, 1, -1).to(x.device, non_blocking=True).expand(n, c, -1)
+    index = index.view(n, 1, -1).expand(n, c, -1)
     return ringed.gather(2, index).view_as(x)
 
 
@@ -488,69 +498,153 @@ def _family_order(table: tuple) -> tuple[torch.Tensor, tuple[int, ...]]:
     return rank, by_rank
 
 
-def _apply_by_kind(x: torch.Tensor, kinds: list[torch.Tensor], params: list[torch.Tensor], table,
-                   affine: list[torch.Tensor] | None = None) -> torch.Tensor:
-    """Apply, slot after slot, op table[kinds[slot][i]] with params[slot][i] to sample i; returns the new batch.
-    affine[slot] holds each sample's [6] PIL affine data for the slot (where the table has affine ops).
+def _schedule_slots(kinds: list[torch.Tensor], params: list[torch.Tensor], table, send: list[torch.Tensor],
+                    affine: list[torch.Tensor] | None = None) -> tuple[list, int]:
+    """The half of applying op table[kinds[slot][i]] with params[slot][i] to sample i, slot after slot, that
+    depends on the CPU plan alone: each slot's row order and its ops' row spans. Tensors the device will need are
+    appended to `send` and named by their position there (see `to_device`). affine[slot] holds each sample's [6]
+    PIL affine data for the slot (where the table has affine ops). Returns (slots, the final restoring order).
 
     Before each slot the batch is reordered so that the samples of one family, and within it of one op, are
     contiguous (one gather of the whole batch); each family then reads and writes its own slice, with no per-op
-    index_select/index_copy. The order comes from the CPU plan, so nothing waits for the device; the original
-    order is restored once at the end.
+    index_select/index_copy. The original order is restored once at the end.
     """
-    n, dev = len(x), x.device
+    n = len(kinds[0])
     rank, by_rank = _family_order(table)
     held = torch.arange(n)  # held[j] = the sample now in row j
+    slots = []
     for slot, (slot_kinds, slot_params) in enumerate(zip(kinds, params)):
         current = rank[slot_kinds[held]]
         order = torch.argsort(current, stable=True)
         held = held[order]
-        x = x.index_select(0, order.to(dev, non_blocking=True))
         counts = torch.bincount(current, minlength=len(table)).tolist()
-        spans: dict[str, list] = {name: [] for name in _FAMILIES}  # family -> [(rows, fn)]
-        start = 0
+        ops, affine_rows, start = [], [], 0  # ops: (family, rows, fn, name of its parameters)
         for kind, count in zip(by_rank, counts):
-            if count and table[kind] is not None:
-                spans[table[kind][0]].append((slice(start, start + count), table[kind][1]))
+            rows = slice(start, start + count)
             start += count
-        if spans["lut"]:
-            end = spans["lut"][-1][0].stop  # the lut family is first: rows [0, end)
-            luts = torch.empty(end, 3, 256, dtype=torch.uint8, device=dev)
-            for rows, fn in spans["lut"]:
-                luts[rows] = fn(x[rows], slot_params[held[rows]])
-            x[:end] = _apply_luts(x[:end], luts)
-        if spans["affine"]:
-            first, end = spans["affine"][0][0].start, spans["affine"][-1][0].stop
-            x[first:end] = _affine_nearest(x[first:end], affine[slot][held[first:end]])
-        for rows, fn in spans["image"]:
-            x[rows] = fn(x[rows], slot_params[held[rows]])
-    return x.index_select(0, torch.argsort(held).to(dev, non_blocking=True))
+            if not count or table[kind] is None:
+                continue
+            family, fn = table[kind]
+            if family == "affine":
+                affine_rows.append(rows)  # the affine ops of a slot are one gather: merged below
+            else:
+                ops.append((family, rows, fn, _add(send, slot_params[held[rows]])))
+        if affine_rows:
+            rows = slice(affine_rows[0].start, affine_rows[-1].stop)
+            ops.append(("affine", rows, None, _add(send, affine[slot][held[rows]])))
+        slots.append((_add(send, order), ops))
+    return slots, _add(send, torch.argsort(held))
 
 
-def color_jitter(x: torch.Tensor, plan: ViewPlan) -> torch.Tensor:
+def _run_slots(x: torch.Tensor, schedule: tuple[list, int], sent: list[torch.Tensor]) -> torch.Tensor:
+    """Apply a `_schedule_slots` schedule to x, with `sent` the device copies of what it named."""
+    slots, restore = schedule
+    for order, ops in slots:
+        x = x.index_select(0, sent[order])
+        luts = [op for op in ops if op[0] == "lut"]  # first in family order: rows [0, end)
+        if luts:
+            end = luts[-1][1].stop
+            tables = torch.empty(end, 3, 256, dtype=torch.uint8, device=x.device)
+            for _, rows, fn, name in luts:
+                tables[rows] = fn(x[rows], sent[name])
+            x[:end] = _apply_luts(x[:end], tables)
+        for family, rows, fn, name in ops:
+            if family == "affine":
+                x[rows] = _affine_nearest(x[rows], sent[name])
+            elif family == "image":
+                x[rows] = fn(x[rows], sent[name])
+    return x.index_select(0, sent[restore])
+
+
+def _add(send: list[torch.Tensor], tensor: torch.Tensor) -> int:
+    send.append(tensor)
+    return len(send) - 1
+
+
+def to_device(tensors: list[torch.Tensor], device: torch.device, pack: bool | None = None) -> list[torch.Tensor]:
+    """CPU tensors on `device`, in one host -> device copy.
+
+    A copy from pageable host memory waits for the device's stream to drain (CUDA's documented behaviour), so a
+    views call that sent its few dozen small per-sample tensors one by one would hold the host back as many times
+    and it could never queue work ahead of the GPU. Here they are packed into one byte buffer (each piece padded
+    to 8 bytes, so every dtype can be viewed back in place), pinned on CUDA, copied once with non_blocking, and
+    returned as views of the device buffer. pack (default: unless the device is the CPU, where nothing is copied)
+    is a parameter so that tests check the packing on the CPU."""
+    if pack is None:
+        pack = device.type != "cpu"
+    if not pack:
+        return [t.to(device) for t in tensors]
+    pieces, offsets, offset = [], [], 0
+    for t in tensors:
+        raw = t.contiguous().view(-1).view(torch.uint8)
+        pieces += [raw, torch.zeros(-len(raw) % 8, dtype=torch.uint8)]
+        offsets.append(offset)
+        offset += len(raw) + len(pieces[-1])
+    buffer = torch.cat(pieces) if pieces else torch.empty(0, dtype=torch.uint8)
+    if device.type == "cuda":
+        buffer = buffer.pin_memory()  # from torch's caching host allocator, held until the copy is done
+    buffer = buffer.to(device, non_blocking=True)
+    return [buffer[start:start + t.numel() * t.element_size()].view(t.dtype).view(t.shape)
+            for t, start in zip(tensors, offsets)]
+
+
+def _jitter_schedule(plan: ViewPlan, send: list[torch.Tensor]) -> tuple[list, int]:
     """ColorJitter of the weak view: four slots, each sample's ops in its drawn order (no-op id 4 where the jitter
     was not drawn)."""
     kinds = [torch.where(plan.jitter, plan.jitter_order[:, position], 4) for position in range(4)]
-    return _apply_by_kind(x, kinds, [plan.jitter_factors] * 4, _JITTER_OPS)
+    return _schedule_slots(kinds, [plan.jitter_factors] * 4, _JITTER_OPS, send)
+
+
+def _randaugment_schedule(ops: torch.Tensor, magnitudes: torch.Tensor, send: list[torch.Tensor]
+                          ) -> tuple[list, int]:
+    """The strong view's three RandAugment slots: op ids and magnitudes [B, 3] (CPU)."""
+    affine = _affine_coeffs(ops, magnitudes)
+    return _schedule_slots(list(ops.T), list(magnitudes.T), _STRONG_OPS, send, list(affine.unbind(1)))
+
+
+def color_jitter(x: torch.Tensor, plan: ViewPlan) -> torch.Tensor:
+    send: list[torch.Tensor] = []
+    schedule = _jitter_schedule(plan, send)
+    return _run_slots(x, schedule, to_device(send, x.device))
+
+
+def randaugment(x: torch.Tensor, ops: torch.Tensor, magnitudes: torch.Tensor) -> torch.Tensor:
+    send: list[torch.Tensor] = []
+    schedule = _randaugment_schedule(ops, magnitudes, send)
+    return _run_slots(x, schedule, to_device(send, x.device))
+
+
+def _views(images: torch.Tensor, plan: ViewPlan, weak: bool = True, strong: bool = True) -> list[torch.Tensor]:
+    """The views asked for, with everything they need from the CPU plan sent to the device in one copy."""
+    send: list[torch.Tensor] = []
+    if weak:
+        weak_crop = _add(send, _crop_index(plan.weak_box, plan.weak_flip))
+        jitter = _jitter_schedule(plan, send)
+        gray = _add(send, plan.gray.nonzero()[:, 0])
+    if strong:
+        strong_crop = _add(send, _crop_index(plan.strong_box, plan.strong_flip))
+        augment = _randaugment_schedule(plan.ops, plan.magnitudes, send)
+        cutout_boxes = _add(send, plan.cutout)
+    sent = to_device(send, images.device)
+    out = []
+    if weak:
+        x = _run_slots(_resized_crop(images, sent[weak_crop]), jitter, sent)
+        rows = sent[gray]
+        out.append(x.index_copy_(0, rows, grayscale(x.index_select(0, rows))))
+    if strong:
+        x = _run_slots(_resized_crop(images, sent[strong_crop]), augment, sent)
+        out.append(cutout(x, sent[cutout_boxes]))
+    return out
 
 
 def weak_views(images: torch.Tensor, plan: ViewPlan) -> torch.Tensor:
     """uint8 [B, 3, 32, 32] weak views of `images` (any device) under `plan` (CPU)."""
-    x = color_jitter(resized_crop_flip(images, plan.weak_box, plan.weak_flip), plan)
-    rows = plan.gray.nonzero()[:, 0].to(x.device, non_blocking=True)
-    return x.index_copy_(0, rows, grayscale(x.index_select(0, rows)))
+    return _views(images, plan, strong=False)[0]
 
 
 def strong_views(images: torch.Tensor, plan: ViewPlan) -> torch.Tensor:
     """uint8 [B, 3, 32, 32] strong views of `images` (any device) under `plan` (CPU): three ops, then Cutout."""
-    x = resized_crop_flip(images, plan.strong_box, plan.strong_flip)
-    return cutout(randaugment(x, plan.ops, plan.magnitudes), plan.cutout)
-
-
-def randaugment(x: torch.Tensor, ops: torch.Tensor, magnitudes: torch.Tensor) -> torch.Tensor:
-    """The strong view's three RandAugment slots: op ids and magnitudes [B, 3] (CPU)."""
-    affine = _affine_coeffs(ops, magnitudes)
-    return _apply_by_kind(x, list(ops.T), list(magnitudes.T), _STRONG_OPS, list(affine.unbind(1)))
+    return _views(images, plan, weak=False)[0]
 
 
 def cutout(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
@@ -560,9 +654,13 @@ def cutout(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     cols = (ar >= b[:, 0:1]) & (ar < b[:, 2:3])  # [n, 32]
     rows = (ar >= b[:, 1:2]) & (ar < b[:, 3:4])
     inside = (rows[:, None, :, None] & cols[:, None, None, :]).to(torch.uint8)
-    fill = torch.tensor(CUTOUT_FILL, dtype=torch.uint8, device=x.device).view(1, 3, 1, 1)
     # x (1 - inside) + fill inside in uint8: several times faster than torch.where on a CPU
-    return (x * (1 - inside)).add_(fill * inside)
+    return (x * (1 - inside)).add_(_cutout_fill(x.device) * inside)
+
+
+@functools.cache
+def _cutout_fill(device: torch.device) -> torch.Tensor:
+    return torch.tensor(CUTOUT_FILL, dtype=torch.uint8).view(1, 3, 1, 1).to(device)  # sent once per device
 
 
 def views(images: torch.Tensor, plan: ViewPlan) -> tuple[torch.Tensor, torch.Tensor]:
@@ -570,4 +668,5 @@ def views(images: torch.Tensor, plan: ViewPlan) -> tuple[torch.Tensor, torch.Ten
     if images.dtype != torch.uint8 or images.shape[1:] != (3, IMAGE_SIZE, IMAGE_SIZE):
         raise TypeError(f"expected uint8 [B, 3, {IMAGE_SIZE}, {IMAGE_SIZE}] images, got {images.dtype} "
                         f"of shape {tuple(images.shape)}")
-    return weak_views(images, plan), strong_views(images, plan)
+    weak, strong = _views(images, plan)
+    return weak, strong
