@@ -6,11 +6,14 @@ import math
 import pandas as pd
 import pytest
 import torch
+from device_transfers import DeviceTransfers
 
 from trainables import train as train_cli
 from trainables.checkpoint import load_checkpoint
 from trainables.config import RunOptions, TrialConfig
-from trainables.loop import ResumeMismatch, TrainingDiverged, fit
+from trainables.loop import ResumeMismatch, TrainingDiverged, build_optimizer, fit
+from trainables.methods import create_method
+from trainables.models import ModelHandle, create_model
 
 TIMING = {"epoch_s", "eval_s", "images_per_s"}
 
@@ -184,3 +187,30 @@ def test_resume_plan_skips_finished_stages_and_keeps_the_epoch_offset():
     assert resume_plan(stages, {"stage": "estimate", "epoch": 3}) == [("train", 5, 0, 3)]
     assert resume_plan(stages, {"stage": "train", "epoch": 4}) == [("train", 5, 4, 3)]
     assert resume_plan(stages, {"stage": "train", "epoch": 5}) == []
+
+
+@pytest.mark.parametrize("fields", [dict(records=True), dict(records=True, mixup=True), dict(oracle_la="loss"),
+                                    dict(method="proden", records=True), dict(method="pico", records=True)])
+def test_a_training_step_never_waits_for_the_device(fields):
+    """Forward, loss, disambiguation, backward and the SGD step, as the loop runs them, on the "meta" device: no
+    value is read back to the host, and nothing is sent but Mixup's pinned permutation, so on a GPU the host queues
+    steps ahead. (SoLar is left out: its per-step selection has data-dependent shapes, one host read per step,
+    as its code says.)"""
+    cfg = TrialConfig(**SMALL, **fields)
+    device, batch, n, k = torch.device("meta"), 16, 64, 10
+    net = create_model(cfg.arch, k, seed=0, device=device)
+    method = create_method(cfg, torch.ones(n, k, dtype=torch.bool), [n // k] * k, device)
+    optimizer, _ = build_optimizer(cfg, net, list(method.extra_parameters(net)))
+    model = ModelHandle(net, cfg.precision)
+    x_weak, x_strong = (torch.empty(batch, 3, 32, 32, device=device) for _ in range(2))
+    idx = torch.empty(batch, dtype=torch.int64, device=device)
+    for step in range(2):
+        with DeviceTransfers() as seen:
+            loss, logs = method.train_step(model, x_weak, x_strong, idx, cfg.upd_start, step)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            method.before_optimizer_step()
+            optimizer.step()
+            method.after_step(model, cfg.upd_start, step)
+        assert seen.to_host == []
+        assert seen.to_device == (["aten._to_copy.default"] if cfg.mixup else [])

@@ -67,7 +67,7 @@ def test_supcon_matches_its_definition_and_every_anchor_has_a_positive():
         pos = [j for j in others if all_labels[j] == labels[i]]
         assert b + i in pos  # its own key
         expected += -sum(logit[j] - log_z for j in pos) / len(pos)
-    assert float(loss) == pytest.approx(expected / b, rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(expected / b, rel=1e-5)
     loss.backward()
     assert q.grad.abs().sum() > 0
     # warm-up: MoCo InfoNCE = cross-entropy of [q.k, q.queue] / tau against index 0

@@ -10,15 +10,15 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from device_transfers import DeviceTransfers
 from PIL import Image, ImageEnhance
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from trainables.data import augment as A
 from trainables.data import pil_ops
 from trainables.data import plan as P
 from trainables.data import tensor_views as T
 from trainables.data.loaders import DeviceTrainBatches, EpochBatchSampler
+from trainables.transfer import to_device
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_cifar = pytest.mark.skipif(not (SHARED / "cifar10").is_dir(), reason=f"no shared CIFAR-10 at {SHARED}")
@@ -186,25 +186,6 @@ def test_device_batches_are_one_views_call_per_batch_whatever_the_grouping(cifar
                     assert weak.equal(w) and strong.equal(s)
 
 
-class _Transfers(TorchDispatchMode):
-    """Records every op that takes a tensor on one device and returns one on the other (host <-> device copies).
-    The device is "meta": no data, no GPU needed, and any read of a value back to the host raises."""
-
-    def __init__(self):
-        super().__init__()
-        self.to_device, self.to_host = [], []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        devices_in = {t.device.type for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
-        devices_out = {t.device.type for t in tree_leaves(out) if isinstance(t, torch.Tensor)}
-        if "cpu" in devices_in and "meta" in devices_out:
-            self.to_device.append(str(func))
-        if "meta" in devices_in and "cpu" in devices_out:
-            self.to_host.append(str(func))
-        return out
-
-
 def test_views_send_the_plan_in_one_copy_and_read_nothing_back():
     """A pageable host -> device copy waits for the GPU's stream, and so does a read back (torch.bincount's on
     CUDA): each would stop the host from queueing work ahead. Per views call, everything the plan gives the
@@ -214,16 +195,16 @@ def test_views_send_the_plan_in_one_copy_and_read_nothing_back():
     T.views(images, P.draw_plan(0, 0, torch.arange(n)))  # the first call sends the per-device constant tables
     for epoch in range(1, 4):
         plan = P.draw_plan(0, epoch, torch.arange(n))
-        with _Transfers() as seen:
+        with DeviceTransfers() as seen:
             weak, strong = T.views(images, plan)
         assert weak.device.type == strong.device.type == "meta"
         assert seen.to_device == ["aten._to_copy.default"] and seen.to_host == []
-    with _Transfers() as seen:
+    with DeviceTransfers() as seen:
         T.randaugment(images, plan.ops, plan.magnitudes)
     assert len(seen.to_device) == 1 and seen.to_host == []
 
     sampler = EpochBatchSampler(n * 4, 32, seed=1)
-    with _Transfers() as seen:
+    with DeviceTransfers() as seen:
         batches = list(DeviceTrainBatches(torch.empty(n * 4, 3, 32, 32, dtype=torch.uint8, device="meta"),
                                           sampler, seed=1))
     calls = -(-len(sampler) * 32 // DeviceTrainBatches.VIEW_CALL_SAMPLES)
@@ -236,7 +217,7 @@ def test_to_device_packs_every_dtype_and_shape_into_one_buffer():
     tensors = [torch.rand(5, 6, dtype=torch.float64, generator=g), torch.rand(3, generator=g) < 0.5,
                torch.randint(0, 256, (7, 1, 256), dtype=torch.uint8, generator=g), torch.empty(0, 6),
                torch.randint(-2**40, 2**40, (2, 3), generator=g), torch.tensor(3.5), torch.rand(4, 3, generator=g).T]
-    sent = T.to_device(tensors, torch.device("cpu"), pack=True)
+    sent = to_device(tensors, torch.device("cpu"), pack=True)
     assert len({t.untyped_storage().data_ptr() for t in sent}) == 1, "one buffer"
     for before, after in zip(tensors, sent):
         assert after.dtype == before.dtype and after.shape == before.shape and after.equal(before)

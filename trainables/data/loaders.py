@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from ..config import TrialConfig
+from ..transfer import to_device
 from . import tensor_views
 from .augment import TwoViewDataset, normalization
 from .longtail import LongTailedSet, build_longtailed, superclass_table
@@ -165,8 +166,8 @@ class DeviceTrainBatches:
         while group := list(itertools.islice(batches, per_call)):
             epochs, indices = torch.tensor([key for keys in group for key in keys], dtype=torch.int64).T
             plan = draw_plan(self.seed, epochs, indices, self.faithful_cutout)
-            # pinned and in one copy (see tensor_views.to_device); the batches' idx are then on the device already
-            indices = tensor_views.to_device([indices], self.images.device)[0]
+            # pinned (see transfer.to_device); the batches' idx are then on the device already
+            indices = to_device([indices], self.images.device)[0]
             weak, strong = tensor_views.views(self.images.index_select(0, indices), plan)
             start = 0
             for keys in group:

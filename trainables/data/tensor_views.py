@@ -29,6 +29,7 @@ import math
 
 import torch
 
+from ..transfer import to_device
 from .plan import CUTOUT_FILL, IMAGE_SIZE, OP_ID, ViewPlan
 
 _PRECISION_BITS = 22  # PIL's Resample.c: 32 - 8 bits of pixel - 2 bits of headroom
@@ -502,8 +503,9 @@ def _schedule_slots(kinds: list[torch.Tensor], params: list[torch.Tensor], table
                     affine: list[torch.Tensor] | None = None) -> tuple[list, int]:
     """The half of applying op table[kinds[slot][i]] with params[slot][i] to sample i, slot after slot, that
     depends on the CPU plan alone: each slot's row order and its ops' row spans. Tensors the device will need are
-    appended to `send` and named by their position there (see `to_device`). affine[slot] holds each sample's [6]
-    PIL affine data for the slot (where the table has affine ops). Returns (slots, the final restoring order).
+    appended to `send` and named by their position there (all sent in one copy: `transfer.to_device`).
+    affine[slot] holds each sample's [6] PIL affine data for the slot (where the table has affine ops). Returns
+    (slots, the final restoring order).
 
     Before each slot the batch is reordered so that the samples of one family, and within it of one op, are
     contiguous (one gather of the whole batch); each family then reads and writes its own slice, with no per-op
@@ -559,33 +561,6 @@ def _run_slots(x: torch.Tensor, schedule: tuple[list, int], sent: list[torch.Ten
 def _add(send: list[torch.Tensor], tensor: torch.Tensor) -> int:
     send.append(tensor)
     return len(send) - 1
-
-
-def to_device(tensors: list[torch.Tensor], device: torch.device, pack: bool | None = None) -> list[torch.Tensor]:
-    """CPU tensors on `device`, in one host -> device copy.
-
-    A copy from pageable host memory waits for the device's stream to drain (CUDA's documented behaviour), so a
-    views call that sent its few dozen small per-sample tensors one by one would hold the host back as many times
-    and it could never queue work ahead of the GPU. Here they are packed into one byte buffer (each piece padded
-    to 8 bytes, so every dtype can be viewed back in place), pinned on CUDA, copied once with non_blocking, and
-    returned as views of the device buffer. pack (default: unless the device is the CPU, where nothing is copied)
-    is a parameter so that tests check the packing on the CPU."""
-    if pack is None:
-        pack = device.type != "cpu"
-    if not pack:
-        return [t.to(device) for t in tensors]
-    pieces, offsets, offset = [], [], 0
-    for t in tensors:
-        raw = t.contiguous().view(-1).view(torch.uint8)
-        pieces += [raw, torch.zeros(-len(raw) % 8, dtype=torch.uint8)]
-        offsets.append(offset)
-        offset += len(raw) + len(pieces[-1])
-    buffer = torch.cat(pieces) if pieces else torch.empty(0, dtype=torch.uint8)
-    if device.type == "cuda":
-        buffer = buffer.pin_memory()  # from torch's caching host allocator, held until the copy is done
-    buffer = buffer.to(device, non_blocking=True)
-    return [buffer[start:start + t.numel() * t.element_size()].view(t.dtype).view(t.shape)
-            for t, start in zip(tensors, offsets)]
 
 
 def _jitter_schedule(plan: ViewPlan, send: list[torch.Tensor]) -> tuple[list, int]:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..transfer import to_device
+
 _MIXUP_STREAM = 0x6D6978  # keeps these draws independent of every other use of the same (seed, epoch, step)
 
 
@@ -17,7 +19,7 @@ def draw_mixup(seed: int, epoch: int, step: int, rank: int, batch_size: int, bet
     lam = float(np.random.default_rng([seed, epoch, step, _MIXUP_STREAM]).beta(beta, beta))
     lam = max(lam, 1.0 - lam)
     perm = np.random.default_rng([seed, epoch, step, _MIXUP_STREAM, rank]).permutation(batch_size)
-    return lam, torch.from_numpy(perm).to(device)
+    return lam, to_device([torch.from_numpy(perm)], device)[0]  # pinned: the step does not wait for the GPU
 
 
 def mix(x: torch.Tensor, lam: float, perm: torch.Tensor) -> torch.Tensor:

@@ -110,13 +110,12 @@ def supcon_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, labels: t
     """Supervised contrastive loss of the B anchors q over F = [q; k; queue] (§P3.2): positives share the anchor's
     pseudo-label, the anchor's own column is excluded from numerator and denominator. Every anchor has a positive
     (its own key). Gradients flow through every q row; k and the queue are constants."""
-    b = q.shape[0]
     feats = torch.cat([q, k.detach(), queue.detach()])
     all_labels = torch.cat([labels, labels, queue_labels])
     logits = q @ feats.T / temperature
     logits = logits - logits.max(dim=1, keepdim=True).values.detach()
     not_self = torch.ones_like(logits, dtype=torch.bool)
-    not_self[torch.arange(b), torch.arange(b)] = False
+    not_self.diagonal().fill_(False)  # the anchors' own columns (CPU index tensors would be a host -> device copy)
     positive = (labels[:, None] == all_labels[None, :]) & not_self
     denom = torch.log((torch.exp(logits) * not_self).sum(dim=1, keepdim=True) + 1e-12)
     log_prob = logits - denom
