@@ -11,7 +11,9 @@ from device_transfers import DeviceTransfers
 from trainables import train as train_cli
 from trainables.checkpoint import load_checkpoint
 from trainables.config import RunOptions, TrialConfig
-from trainables.loop import ResumeMismatch, TrainingDiverged, build_optimizer, fit
+from trainables.data.augment import normalization
+from trainables.data.loaders import DeviceTrainBatches, EpochBatchSampler
+from trainables.loop import ResumeMismatch, TrainingDiverged, build_optimizer, fit, train_steps
 from trainables.methods import create_method
 from trainables.models import ModelHandle, create_model
 
@@ -191,26 +193,24 @@ def test_resume_plan_skips_finished_stages_and_keeps_the_epoch_offset():
 
 @pytest.mark.parametrize("fields", [dict(records=True), dict(records=True, mixup=True), dict(oracle_la="loss"),
                                     dict(method="proden", records=True), dict(method="pico", records=True)])
-def test_a_training_step_never_waits_for_the_device(fields):
-    """Forward, loss, disambiguation, backward and the SGD step, as the loop runs them, on the "meta" device: no
-    value is read back to the host, and nothing is sent but Mixup's pinned permutation, so on a GPU the host queues
+def test_training_steps_never_wait_for_the_device(fields):
+    """The loop's steps with tensor views (views, normalisation, forward, loss, disambiguation, backward, SGD step)
+    on the "meta" device: no value is read back to the host, and per views call the plan and the sample indices
+    are the only copies sent (pinned on CUDA), plus Mixup's permutation per step, so on a GPU the host queues
     steps ahead. (SoLar is left out: its per-step selection has data-dependent shapes, one host read per step,
     as its code says.)"""
     cfg = TrialConfig(**SMALL, **fields)
-    device, batch, n, k = torch.device("meta"), 16, 64, 10
+    device, n, k = torch.device("meta"), 64, 10
     net = create_model(cfg.arch, k, seed=0, device=device)
     method = create_method(cfg, torch.ones(n, k, dtype=torch.bool), [n // k] * k, device)
     optimizer, _ = build_optimizer(cfg, net, list(method.extra_parameters(net)))
     model = ModelHandle(net, cfg.precision)
-    x_weak, x_strong = (torch.empty(batch, 3, 32, 32, device=device) for _ in range(2))
-    idx = torch.empty(batch, dtype=torch.int64, device=device)
-    for step in range(2):
-        with DeviceTransfers() as seen:
-            loss, logs = method.train_step(model, x_weak, x_strong, idx, cfg.upd_start, step)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            method.before_optimizer_step()
-            optimizer.step()
-            method.after_step(model, cfg.upd_start, step)
-        assert seen.to_host == []
-        assert seen.to_device == (["aten._to_copy.default"] if cfg.mixup else [])
+    sampler = EpochBatchSampler(n, 16, seed=0)
+    batches = DeviceTrainBatches(torch.empty(n, 3, 32, 32, dtype=torch.uint8, device=device), sampler, seed=0)
+    norm = normalization("cifar10", "train")
+    train_steps(model, method, optimizer, batches, norm, device, cfg.upd_start)  # sends per-device constants once
+    sampler.set_epoch(1)
+    with DeviceTransfers() as seen:
+        train_steps(model, method, optimizer, batches, norm, device, cfg.upd_start)
+    assert seen.to_host == []
+    assert len(seen.to_device) == 2 + (len(sampler) if cfg.mixup else 0)  # 64 samples: one views call

@@ -18,6 +18,7 @@ Design:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -62,10 +63,16 @@ def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     """
     if images.dtype != torch.uint8 or images.ndim != 4:
         raise TypeError(f"expected a uint8 [B,C,H,W] tensor, got {images.dtype} of shape {tuple(images.shape)}")
-    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
-    std_t = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+    mean_t, std_t = _stats_on(tuple(mean), tuple(std), images.device)
     # In place on the fresh float copy: one allocation per batch instead of three.
     return images.float().div_(255).sub_(mean_t).div_(std_t)
+
+
+@functools.cache
+def _stats_on(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 [1, C, 1, 1] mean and std on `device`, sent once (a copy per batch would wait for the GPU)."""
+    return tuple(torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1).to(device) for v in (mean, std))
 
 
 # ---------------------------------------------------------------------------------------------------------------
