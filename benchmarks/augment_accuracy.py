@@ -5,7 +5,7 @@ per path (mean, standard deviation, range) and whether the means agree within 1.
 spread (the larger of the two paths' max - min over seeds). Every run keeps its checkpoint in OUT/<path>-seed<s>,
 so the check can run in chunks (`--max-runs`) and resumes where it stopped; finished runs are only read.
 
-    python benchmarks/augment_accuracy.py --data-root ../shared/data --out runs/augment_accuracy --max-runs 1
+    python benchmarks/augment_accuracy.py --data-root ../shared/data --out runs/augment_accuracy [--max-runs 1]
 """
 
 from __future__ import annotations
@@ -32,11 +32,14 @@ def trial(path: str, seed: int, args: argparse.Namespace) -> TrialConfig:
                        seed=seed, augment=path)
 
 
-def final_top1(run_dir: Path, epochs: int) -> float | None:
-    done = run_dir / "result.json"
+def final_top1(path: str, seed: int, args: argparse.Namespace) -> float | None:
+    """The finished run's final top-1, if OUT holds one of exactly this trial (a run of other settings under the
+    same folder is not counted: its checkpoint makes `fit` refuse to resume, naming the differing fields)."""
+    done = Path(args.out) / f"{path}-seed{seed}" / "result.json"
     if done.exists():
         result = json.loads(done.read_text())
-        return result["top1"] if result["epochs"] == epochs else None
+        if result["config_hash"] == trial(path, seed, args).config_hash and result["epochs"] == args.epochs:
+            return result["top1"]
     return None
 
 
@@ -59,7 +62,7 @@ def table(args: argparse.Namespace) -> int:
     rows = {p: [] for p in PATHS}
     for p in PATHS:
         for s in args.seeds:
-            top1 = final_top1(Path(args.out) / f"{p}-seed{s}", args.epochs)
+            top1 = final_top1(p, s, args)
             if top1 is not None:
                 rows[p].append((s, top1))
     print(f"\nCIFAR-10-LT rho=100 q=0.3 CORR+RECORDS small-cnn, {args.epochs} epochs, batch {args.batch_size}, "
@@ -93,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--img-max", type=int, default=800, help="head-class size (5000 = the full CIFAR-10-LT)")
-    p.add_argument("--test-per-class", type=int, default=200)
+    p.add_argument("--img-max", type=int, default=5000, help="head-class size (5000: the whole CIFAR-10-LT)")
+    p.add_argument("--test-per-class", type=int, default=1000, help="1000: the whole CIFAR-10 test set")
     p.add_argument("--workers", type=int, default=1, help="loader workers of the pil runs")
     p.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS), help="paths to run (the table shows both)")
     p.add_argument("--max-runs", type=int, default=None, help="stop after this many runs (a chunk)")
@@ -104,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--epochs={args.epochs}: the check needs at least 10")
     if not args.table_only:
         todo = [(path, s) for s in args.seeds for path in args.paths
-                if final_top1(Path(args.out) / f"{path}-seed{s}", args.epochs) is None]
+                if final_top1(path, s, args) is None]
         for path, seed in todo[:args.max_runs]:
             run_one(path, seed, args)
     return table(args)
