@@ -11,16 +11,21 @@ Prints training samples/s of the full step (views, normalisation, forward, loss,
   2. augment=tensor (training set on the device, no workers);
   3. then 1, 2 and 4 tensor trials sharing the device (separate processes, timed over the same window), total
      samples/s.
+On CUDA it also runs `--steps` tensor steps under torch's sync debug mode and lists the calls it reports as
+synchronising (`.item()`, blocking copies, ...; the driver's own wait on a pageable non_blocking copy is not among
+them, the meta-device tests count those): none but train_steps' own synchronize at the end is expected.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import itertools
 import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -62,6 +67,18 @@ def timed(args, run) -> float:
     """Samples/s of `run`, in chunks of `--steps` steps until `--seconds` have passed."""
     return timed_calls(lambda: run(args.steps), args.steps * args.batch, warmup=0, min_steps=1,
                        min_seconds=args.seconds)
+
+
+def synchronising_calls(args, run) -> collections.Counter:
+    """What torch's CUDA sync debug mode reports in `--steps` steps of `run`, by first line of its warning."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            run(args.steps)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return collections.Counter(str(w.message).splitlines()[0] for w in caught)
 
 
 def shared(args, trials: int) -> float:
@@ -113,8 +130,14 @@ def main() -> None:
           f"{os.cpu_count()} CPU cores; tensor views {args.view_call_samples} samples per call", flush=True)
     pil = timed(args, prepare(args, "pil", args.workers))
     print(f"pil, {args.workers} loader workers: {pil:10.0f} samples/s", flush=True)
-    tensor = timed(args, prepare(args, "tensor", 0))
+    run_tensor = prepare(args, "tensor", 0)
+    tensor = timed(args, run_tensor)
     print(f"tensor, no workers:{'':8}{tensor:10.0f} samples/s ({tensor / pil:.2f}x pil)", flush=True)
+    if args.device.startswith("cuda"):
+        calls = synchronising_calls(args, run_tensor)
+        print(f"synchronising calls in {args.steps} tensor steps: {sum(calls.values())}", flush=True)
+        for message, count in calls.most_common():
+            print(f"  {count:4d} x {message}", flush=True)
     for trials in args.trials:
         total = shared(args, trials)
         print(f"{trials} tensor trial(s) sharing the device: {total:10.0f} samples/s in total "
