@@ -133,20 +133,31 @@ def resized_crop_flip(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Te
     land on the other side of PIL's rounding point when it is within ~1e-5 of a half, which the parity test
     bounds. Where TF32 matmuls are switched on (CUDA), float32 would lose far more, so the products run in float64.
     """
-    return _resized_crop(images, _crop_index(boxes, flips))
+    return _resized_crop(_crop_source(images), _crop_index(boxes, flips))
 
 
-def _resized_crop(images: torch.Tensor, crop_index: torch.Tensor) -> torch.Tensor:
-    n, dev = len(images), images.device
-    dtype = torch.float64 if dev.type == "cuda" and torch.backends.cuda.matmul.allow_tf32 else torch.float32
-    cols, rows = _resample_matrices(dev, dtype).index_select(0, crop_index.to(dev, non_blocking=True).view(-1)
-                                                             ).view(2, n, IMAGE_SIZE, IMAGE_SIZE)
-    size = IMAGE_SIZE
-    # Horizontal pass first, rounded to 8 bits, then the vertical pass: PIL's order and rounding. Both on the
-    # NCHW layout: [n, (c, h), w] @ cols^T, then rows @ [n, c, h, w'] broadcast over the channels.
-    x = torch.bmm(images.view(n, 3 * size, size).to(dtype), cols.transpose(1, 2)).add_(0.5).floor_()
-    x = torch.matmul(rows[:, None], x.view(n, 3, size, size)).add_(0.5)
-    return x.to(torch.int16).to(torch.uint8)  # truncation = floor here (all >= 0.5); via int16: faster on CPUs
+def _crop_dtype(device: torch.device) -> torch.dtype:
+    return torch.float64 if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32 else torch.float32
+
+
+def _crop_source(images: torch.Tensor) -> torch.Tensor:
+    """The uint8 [n, c, h, w] batch as floats in [n, (h, c), w] order, converted once for both views' crops: in
+    this order each pass is one plain bmm (rows @ [h, (c, w)] needs no per-channel broadcast of the matrices)."""
+    n, c, h, w = images.shape
+    source = torch.empty(n, h, c, w, dtype=_crop_dtype(images.device), device=images.device)
+    return source.copy_(images.permute(0, 2, 1, 3)).view(n, h * c, w)
+
+
+def _resized_crop(source: torch.Tensor, crop_index: torch.Tensor) -> torch.Tensor:
+    n, size = len(source), IMAGE_SIZE
+    cols, rows = _resample_matrices(source.device, source.dtype).index_select(
+        0, crop_index.to(source.device, non_blocking=True).view(-1)).view(2, n, size, size)
+    # Horizontal pass first, rounded to 8 bits, then the vertical pass: PIL's order and rounding.
+    x = torch.bmm(source, cols.transpose(1, 2)).add_(0.5).floor_()  # [n, (h, c), w']
+    x = torch.bmm(rows, x.view(n, size, 3 * size)).add_(0.5)  # [n, h', (c, w')]
+    # truncation = floor here (all >= 0.5); via int16: float -> uint8 is slow on CPUs
+    out = torch.empty(n, 3, size, size, dtype=torch.int16, device=source.device)
+    return out.copy_(x.view(n, size, 3, size).permute(0, 2, 1, 3)).to(torch.uint8)
 
 
 # ---------------------------------------------------------------------------------------------- colour ops
@@ -323,12 +334,12 @@ def _flat_levels(x: torch.Tensor) -> torch.Tensor:
 
 
 def _histograms(x: torch.Tensor) -> torch.Tensor:
-    """[n, 3, 256] per-sample, per-band level counts (int64). An index_add_ into a fixed-size array rather than
-    torch.bincount: on CUDA, bincount reads the input's max and min back to the host to size its output, a stream
-    sync per call; the two are equally fast on a CPU."""
+    """[n, 3, 256] per-sample, per-band level counts, as float32 (exact below 2^24). An index_add_ into a
+    fixed-size array rather than torch.bincount: on CUDA, bincount reads the input's max and min back to the host
+    to size its output, a stream sync per call; the two are equally fast on a CPU."""
     n, levels = len(x), _flat_levels(x)
-    ones = torch.ones(1, dtype=torch.int64, device=x.device).expand(len(levels))
-    return torch.zeros(n * 3 * 256, dtype=torch.int64, device=x.device).index_add_(0, levels, ones).view(n, 3, 256)
+    ones = torch.ones(1, dtype=torch.float32, device=x.device).expand(len(levels))
+    return torch.zeros(n * 3 * 256, dtype=torch.float32, device=x.device).index_add_(0, levels, ones).view(n, 3, 256)
 
 
 def _apply_luts(x: torch.Tensor, luts: torch.Tensor) -> torch.Tensor:
@@ -338,48 +349,36 @@ def _apply_luts(x: torch.Tensor, luts: torch.Tensor) -> torch.Tensor:
     return luts.view(-1).index_select(0, _flat_levels(x)).view_as(x)
 
 
-def _band_extremes(before: torch.Tensor, total: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lowest and highest level present per band, from the counts below each level (`before`, [n, 3, 256]) and
-    the band's total: a level is below the lowest while nothing is below it, and at or below the highest while
-    not everything is below it (comparisons and sums: cheaper than argmax on a CPU)."""
-    lo = (before == 0).sum(dim=2) - 1
-    hi = (before < total[..., None]).sum(dim=2) - 1
-    return lo, hi
-
-
 def _to_lut(levels: torch.Tensor) -> torch.Tensor:
     return levels.clamp(0, 255).to(torch.uint8)  # Image.point clips
 
 
-def _counts_below(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(histograms, counts below each level, totals) per sample and band."""
-    hist = _histograms(x)
-    before = torch.cumsum(hist, dim=2).sub_(hist)
-    return hist, before, hist.sum(dim=2)
-
-
 def _autocontrast_lut(x: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tensor:
-    """ImageOps.autocontrast: per sample and band, int(level * scale + offset) stretching [lo, hi] to [0, 255]."""
-    levels = torch.arange(256, device=x.device, dtype=torch.float64)
-    lo, hi = _band_extremes(*_counts_below(x)[1:])
+    """ImageOps.autocontrast: per sample and band, int(level * scale + offset) stretching [lo, hi] to [0, 255].
+    The lowest and highest level present are the band's min and max: no histogram needed."""
+    bands = x.view(len(x), 3, -1)
+    lo, hi = bands.amin(dim=2).to(torch.float64), bands.amax(dim=2).to(torch.float64)
     stretch = hi > lo
-    scale = _div(255.0, torch.where(stretch, hi - lo, 1).to(torch.float64))
-    offset = -lo.to(torch.float64) * scale
-    stretched = (levels * scale[..., None] + offset[..., None]).to(torch.int64)  # float64 like PIL, truncated
-    return _to_lut(torch.where(stretch[..., None], stretched, levels.to(torch.int64)))
+    scale = _div(255.0, torch.where(stretch, hi - lo, 1.0))
+    offset = -lo * scale
+    levels = torch.arange(256, device=x.device, dtype=torch.float64)
+    stretched = levels * scale[..., None] + offset[..., None]  # float64 like PIL, truncated below
+    return _to_lut(torch.where(stretch[..., None], stretched, levels).to(torch.int32))
 
 
 def _equalize_lut(x: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tensor:
-    """ImageOps.equalize: per sample and band, levels through the cumulative histogram in steps of total/255.
-    The integer division is a float64 quotient, floored: exact, as the counts are far below 2^53."""
-    hist, before, total = _counts_below(x)
-    lo, hi = _band_extremes(before, total)
-    top = hist.gather(2, hi[..., None])[..., 0]
-    step = torch.where(hi > lo, (total - top) // 255, 0).to(torch.float64)[..., None]
-    # (a / b).floor(): a correctly rounded quotient never crosses an integer while a < 2^53 (div's floor mode is
-    # several times slower on a CPU)
-    equalized = before.to(torch.float64).add_(torch.floor(step / 2)).div_(step.clamp_min(1)).floor_()
-    levels = torch.arange(256, device=x.device, dtype=torch.float64)
+    """ImageOps.equalize: per sample and band, lut[level] = (step // 2 + pixels below level) // step with
+    step = (pixels - pixels at the highest level present) // 255, and no change where step is 0 (which covers
+    a band with a single level). Counts are at most 32 * 32 and step at most 4, so float32 holds every value
+    exactly and floor(a / b) of its correctly rounded quotient is the integer division (div's floor mode is
+    several times slower on a CPU)."""
+    bands = x.view(len(x), 3, -1)
+    hist = _histograms(x)
+    top = hist.gather(2, bands.amax(dim=2, keepdim=True).to(torch.int64))
+    step = (bands.shape[2] - top).div_(255).floor_()
+    before = torch.cumsum(hist, dim=2).sub_(hist)
+    equalized = before.add_(torch.floor(step / 2)).div_(step.clamp_min(1)).floor_()
+    levels = torch.arange(256, device=x.device, dtype=torch.float32)
     return _to_lut(torch.where(step > 0, equalized, levels))
 
 
@@ -605,12 +604,13 @@ def _views(images: torch.Tensor, plan: ViewPlan, weak: bool = True, strong: bool
         cutout_boxes = _add(send, plan.cutout)
     sent = to_device(send, images.device)
     out = []
+    source = _crop_source(images)
     if weak:
-        x = _run_slots(_resized_crop(images, sent[weak_crop]), jitter, sent)
+        x = _run_slots(_resized_crop(source, sent[weak_crop]), jitter, sent)
         rows = sent[gray]
         out.append(x.index_copy_(0, rows, grayscale(x.index_select(0, rows))))
     if strong:
-        x = _run_slots(_resized_crop(images, sent[strong_crop]), augment, sent)
+        x = _run_slots(_resized_crop(source, sent[strong_crop]), augment, sent)
         out.append(cutout(x, sent[cutout_boxes]))
     return out
 
