@@ -296,7 +296,7 @@ def test_hue_fixed_point_rounding_equals_the_double_product_for_every_factor_and
         return sum(int(((fixed * v + (1 << (bits - 1))) >> bits).ne(torch.floor(factors * v + 0.5).to(torch.int64))
                        .sum()) for v in range(256))
 
-    assert T._hue_tables(torch.device("cpu"))[2].equal(
+    assert T._hue_tables(torch.device("cpu"))[2].reshape(-1).equal(
         torch.round(factors * 2.0 ** T._HUE_FIXED_BITS).to(torch.int32))  # the table holds these factors
     assert mismatches(T._HUE_FIXED_BITS) == 0
     assert mismatches(T._HUE_FIXED_BITS - 1) > 0

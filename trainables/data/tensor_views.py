@@ -289,7 +289,7 @@ def _hue_tables(device: torch.device) -> tuple[torch.Tensor, ...]:
     cr, maxc = a, b  # to_s[cr, max]; rows with cr > max never occur
     to_s = torch.where(cr <= maxc, _rgb_to_hsv(maxc, maxc - cr.clamp(max=maxc), maxc - cr.clamp(max=maxc))[1], 0)
     fixed = torch.round(_hsv_to_rgb_factors() * 2.0 ** _HUE_FIXED_BITS).to(torch.int32)
-    tables = (to_h.to(torch.uint8).reshape(-1), to_s.to(torch.uint8).reshape(-1), fixed.reshape(-1))
+    tables = (to_h.to(torch.uint8).reshape(-1), to_s.to(torch.uint8).reshape(-1), fixed.reshape(3, -1))
     return tuple(t.to(device) for t in tables)
 
 
@@ -297,26 +297,27 @@ def hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """torchvision's adjust_hue on PIL: RGB -> PIL's 8-bit HSV, H += int(factor * 255) mod 256, HSV -> RGB, pixel
     for pixel PIL's arithmetic through the small tables of `_hue_tables`."""
     to_h, to_s, factors = _hue_tables(x.device)
-    # max and the distances below it in uint8 (a quarter of int32's memory traffic); the table indices in int32,
-    # which uint8 operands are promoted to
+    # max and the distances below it in uint8; the table indices in int32, accumulated in place (add's alpha
+    # widens a uint8 operand on the fly: fewer passes than building each term separately)
     r, g, b = x[:, 0], x[:, 1], x[:, 2]
     maxc = torch.maximum(torch.maximum(r, g), b)
     mr, mg, mb = maxc - r, maxc - g, maxc - b
     not_r = mr != 0  # PIL tests r == max, then g == max: case 0 (r), 1 (g), 2 (b)
-    case = not_r.to(torch.int32).add_(not_r & (mg != 0))
-    mr32 = mr.to(torch.int32)
-    h_index = (case << 18).add_((mr32 + mg) << 9).add_(mr32).add_(mb)
+    h_index = torch.add(mb, mr.to(torch.int32), alpha=513).add_(mg, alpha=512)  # (mr + mg) << 9 | (mr + mb)
+    h_index.add_(not_r, alpha=1 << 18).add_(not_r & (mg != 0), alpha=1 << 18)  # + case << 18
     h = to_h.index_select(0, h_index.view(-1)).view_as(r)
     cr = torch.maximum(torch.maximum(mr, mg), mb)
-    s = to_s.index_select(0, ((cr.to(torch.int32) << 8) | maxc).view(-1)).view_as(r)
-    # np.int32(factor * 255) truncates toward zero; adding it to the uint8 H wraps mod 256.
-    shift = _per_sample((factor.to(torch.float64) * 255.0).to(torch.int32), x)[:, 0]
-    hs = ((h + shift) & 255).bitwise_left_shift_(8).bitwise_or_(s)  # [n, H, W] int32
-    channel = (torch.arange(3, dtype=torch.int32, device=x.device) << 16).view(1, 3, 1, 1)
-    scale = factors.index_select(0, (hs[:, None] + channel).view(-1)).view(x.shape)
+    s = to_s.index_select(0, torch.add(maxc, cr.to(torch.int32), alpha=256).view(-1)).view_as(r)
+    # np.int32(factor * 255) truncates toward zero; H + shift mod 256 is uint8 arithmetic's own wrap-around
+    shift = _per_sample((factor.to(torch.float64) * 255.0).to(torch.int32).bitwise_and_(255).to(torch.uint8), x)
+    hs = torch.add(s, (h + shift[:, 0]).to(torch.int32), alpha=256).view(-1)  # (H', S) -> [0, 2^16)
+    # each channel's factor into its own plane, channel-major: three lookups with no per-channel index to build
+    scale = torch.empty(3, *r.shape, dtype=torch.int32, device=x.device)
+    for channel in range(3):
+        torch.index_select(factors[channel], 0, hs, out=scale[channel].view(-1))
     # C's round(v * factor) (half away from zero; all values >= 0), in fixed point; factors are in [0, 1]
-    rounded = scale.mul_(maxc[:, None]).add_(1 << (_HUE_FIXED_BITS - 1)).bitwise_right_shift_(_HUE_FIXED_BITS)
-    return rounded.to(torch.uint8)
+    scale.mul_(maxc).add_(1 << (_HUE_FIXED_BITS - 1)).bitwise_right_shift_(_HUE_FIXED_BITS)
+    return torch.empty_like(x).copy_(scale.permute(1, 0, 2, 3))
 
 
 # --------------------------------------------------------------------------------------- lookup-table ops
