@@ -428,15 +428,17 @@ def _affine_nearest(x: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
     a = coeffs.to(x.device, torch.float64, non_blocking=True)
     xs = torch.arange(width, dtype=torch.float64, device=x.device)
     ys = torch.arange(height, dtype=torch.float64, device=x.device)
-    xo = (a[:, 2] + a[:, 1] * 0.5 + a[:, 0] * 0.5)[:, None, None]
-    yo = (a[:, 5] + a[:, 4] * 0.5 + a[:, 3] * 0.5)[:, None, None]
-    src_x = ((xo + ys[None, :, None] * a[:, 1, None, None]) + xs[None, None, :] * a[:, 0, None, None]).floor_()
-    src_y = ((yo + ys[None, :, None] * a[:, 4, None, None]) + xs[None, None, :] * a[:, 3, None, None]).floor_()
-    # in ring coordinates: 0 and width + 1 are the black ring, 1..width the image
-    index = src_y.clamp_(-1, height).add_(1).mul_(width + 2).add_(src_x.clamp_(-1, width).add_(1)).to(torch.int64)
+    # In ring coordinates (0 and size + 1 are the black ring, 1..size the image) a pixel reads floor(v) + 1,
+    # clamped to [0, size + 1]. trunc(v + 1) is floor(v) + 1 wherever v + 1 >= 0 and lands at or below 0 (the
+    # ring) everywhere else, so one truncating conversion to int32 does the floor, the +1 and the narrowing.
+    xo = (a[:, 2] + a[:, 1] * 0.5 + a[:, 0] * 0.5 + 1.0)[:, None, None]
+    yo = (a[:, 5] + a[:, 4] * 0.5 + a[:, 3] * 0.5 + 1.0)[:, None, None]
+    ring_x = ((xo + ys[None, :, None] * a[:, 1, None, None]) + xs[None, None, :] * a[:, 0, None, None])
+    ring_y = ((yo + ys[None, :, None] * a[:, 4, None, None]) + xs[None, None, :] * a[:, 3, None, None])
+    ring_x = ring_x.to(torch.int32).clamp_(0, width + 1)
+    index = torch.add(ring_x, ring_y.to(torch.int32).clamp_(0, height + 1), alpha=width + 2)
     ringed = torch.nn.functional.pad(x, (1, 1, 1, 1)).view(n, c, -1)
-    index = index.view(n, 1, -1).expand(n, c, -1)
-    return ringed.gather(2, index).view_as(x)
+    return ringed.gather(2, index.view(n, 1, -1).to(torch.int64).expand(n, c, -1)).view_as(x)
 
 
 def _affine_coeffs(ops: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
