@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from device_transfers import DeviceTransfers
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageEnhance, ImageOps
 
 from trainables.data import augment as A
 from trainables.data import pil_ops
@@ -94,6 +94,30 @@ def test_randaugment_op_matches_pil(cifar, name):
         mean_bound, share_bound = RESAMPLING_BOUNDS[name]
         assert err.float().mean() <= mean_bound and (err > 2).float().mean() <= share_bound
     assert x.equal(_nchw(cifar)), "the input batch must not be modified"
+
+
+def test_autocontrast_and_equalize_match_pil_where_their_special_cases_live():
+    """Against ImageOps itself on images built for the branches: a band with a single level (left as it is),
+    two levels, narrow and full ranges, one odd pixel, and equalize's step = (pixels - pixels at the top
+    level) // 255 at every value it can take (0 leaves the band as it is, at most 4 for 32 x 32)."""
+    rng = np.random.default_rng(3)
+    arrays = [rng.integers(low, high, size=(32, 32, 3), dtype=np.uint8)
+              for low, high in [(0, 1), (37, 38), (100, 102), (10, 20), (250, 256), (0, 256)]]
+    one_flat_band = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+    one_flat_band[..., 1] = 7
+    one_odd_pixel = np.zeros((32, 32, 3), np.uint8)
+    one_odd_pixel[0, 0] = (200, 3, 255)
+    arrays += [one_flat_band, one_odd_pixel]
+    for step in range(5):  # below_top pixels at 50, the rest at the top level, 200
+        below_top = min(255 * step + 10, 32 * 32 - 3)
+        two_levels = np.full(32 * 32 * 3, 200, np.uint8)
+        two_levels[:3 * below_top] = 50
+        arrays.append(two_levels.reshape(32, 32, 3))
+    images = np.stack(arrays)
+    x = _nchw(images)
+    no_params = [None] * len(images)
+    assert T.autocontrast(x).equal(_pil_each(images, lambda im, _: ImageOps.autocontrast(im), no_params))
+    assert T.equalize(x).equal(_pil_each(images, lambda im, _: ImageOps.equalize(im), no_params))
 
 
 @needs_cifar
