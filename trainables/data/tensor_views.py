@@ -373,9 +373,9 @@ def _autocontrast_lut(x: torch.Tensor, v: torch.Tensor | None = None) -> torch.T
 def _equalize_lut(x: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tensor:
     """ImageOps.equalize: per sample and band, lut[level] = (step // 2 + pixels below level) // step with
     step = (pixels - pixels at the highest level present) // 255, and no change where step is 0 (which covers
-    a band with a single level). Counts are at most 32 * 32 and step at most 4, so float32 holds every value
-    exactly and floor(a / b) of its correctly rounded quotient is the integer division (div's floor mode is
-    several times slower on a CPU)."""
+    a band with a single level). Every value is an integer below 2^24 (1,024 pixels a band here), which float32
+    holds exactly, and then floor(a / b) of the correctly rounded quotient is the integer division (div's floor
+    mode is several times slower on a CPU)."""
     bands = x.view(len(x), 3, -1)
     hist = _histograms(x)
     top = hist.gather(2, bands.amax(dim=2, keepdim=True).to(torch.int64))
