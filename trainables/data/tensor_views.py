@@ -133,7 +133,7 @@ def resized_crop_flip(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Te
     land on the other side of PIL's rounding point when it is within ~1e-5 of a half, which the parity test
     bounds. Where TF32 matmuls are switched on (CUDA), float32 would lose far more, so the products run in float64.
     """
-    return _resized_crop(_crop_source(images), _crop_index(boxes, flips))
+    return _resized_crops(_crop_source(images), _crop_index(boxes, flips))
 
 
 def _crop_dtype(device: torch.device) -> torch.dtype:
@@ -148,16 +148,22 @@ def _crop_source(images: torch.Tensor) -> torch.Tensor:
     return source.copy_(images.permute(0, 2, 1, 3)).view(n, h * c, w)
 
 
-def _resized_crop(source: torch.Tensor, crop_index: torch.Tensor) -> torch.Tensor:
+def _resized_crops(source: torch.Tensor, crop_index: torch.Tensor) -> torch.Tensor:
+    """The crops of `_crop_index` columns [2, k n] of the n-image `source`: k crops of each image, the j-th crop
+    of every image in rows [j n, (j + 1) n) of the uint8 [k n, 3, 32, 32] result."""
     n, size = len(source), IMAGE_SIZE
-    cols, rows = _resample_matrices(source.device, source.dtype).index_select(
-        0, crop_index.to(source.device, non_blocking=True).view(-1)).view(2, n, size, size)
-    # Horizontal pass first, rounded to 8 bits, then the vertical pass: PIL's order and rounding.
-    x = torch.bmm(source, cols.transpose(1, 2)).add_(0.5).floor_()  # [n, (h, c), w']
-    x = torch.bmm(rows, x.view(n, size, 3 * size)).add_(0.5)  # [n, h', (c, w')]
-    # truncation = floor here (all >= 0.5); via int16: float -> uint8 is slow on CPUs
-    out = torch.empty(n, 3, size, size, dtype=torch.int16, device=source.device)
-    return out.copy_(x.view(n, size, 3, size).permute(0, 2, 1, 3)).to(torch.uint8)
+    crops = crop_index.shape[1] // n
+    matrices = _resample_matrices(source.device, source.dtype).index_select(
+        0, crop_index.to(source.device, non_blocking=True).view(-1)).view(2, crops, n, size, size)
+    out = torch.empty(crops * n, 3, size, size, dtype=torch.uint8, device=source.device)
+    for j, (cols, rows) in enumerate(matrices.unbind(1)):  # a crop at a time: float temporaries stay in cache
+        # Horizontal pass first, rounded to 8 bits, then the vertical pass: PIL's order and rounding.
+        x = torch.bmm(source, cols.transpose(1, 2)).add_(0.5).floor_()  # [n, (h, c), w']
+        x = torch.bmm(rows, x.view(n, size, 3 * size)).add_(0.5)  # [n, h', (c, w')]
+        # truncation = floor here (all >= 0.5); via int16: float -> uint8 is slow on CPUs
+        int16 = torch.empty(n, 3, size, size, dtype=torch.int16, device=source.device)
+        out[j * n:(j + 1) * n] = int16.copy_(x.view(n, size, 3, size).permute(0, 2, 1, 3))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- colour ops
@@ -478,8 +484,11 @@ def _affine_coeffs(ops: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 #        contrast blend with a constant, autocontrast, equalize, posterize, solarize), applied in one lookup;
 # "affine": rotate, shear, translate, applied in one gather from PIL affine data computed for all slots at once;
 # "image": fn(images, params) -> new images (color, sharpness, hue: they need each pixel's neighbours/channels).
+# One table serves both views: RandAugment's ops by OP_ID, then ColorJitter's hue. The jitter's other three
+# adjustments are RandAugment's Brightness, Contrast and Color (the same ImageEnhance calls) with the jitter's
+# factor as magnitude, so a batch's weak and strong rows share each slot's calls.
 _FAMILIES = ("lut", "affine", "image")
-_STRONG_OPS = tuple({
+_OPS = tuple({
     "AutoContrast": ("lut", _autocontrast_lut),
     "Brightness": ("lut", _brightness_lut),
     "Color": ("image", color),
@@ -490,59 +499,57 @@ _STRONG_OPS = tuple({
     "Sharpness": ("image", sharpness),
     "Solarize": ("lut", _solarize_lut),
     **{name: ("affine", None) for name in ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY")},
-}[name] for name in OP_ID)
-# ColorJitter by plan.jitter_order id, on the [m, 4] factor rows; id 4 = jitter not applied.
-_JITTER_OPS = (("lut", lambda x, f: _brightness_lut(x, f[:, 0])), ("lut", lambda x, f: _contrast_lut(x, f[:, 1])),
-               ("image", lambda x, f: color(x, f[:, 2])), ("image", lambda x, f: hue(x, f[:, 3])), None)
+}[name] for name in OP_ID) + (("image", hue),)
+_IDENTITY = OP_ID["Identity"]
+# ColorJitter's adjustments by plan.jitter_order id (brightness, contrast, saturation, hue) as _OPS ids
+_JITTER_KINDS = torch.tensor([OP_ID["Brightness"], OP_ID["Contrast"], OP_ID["Color"], len(OP_ID)])
 
 
 @functools.cache
-def _family_order(table: tuple) -> tuple[torch.Tensor, tuple[int, ...]]:
+def _family_order() -> tuple[torch.Tensor, tuple[int, ...]]:
     """(rank of each op id, op ids by rank): ops sorted by family, no-ops last."""
     def family(kind):
-        return _FAMILIES.index(table[kind][0]) if table[kind] is not None else len(_FAMILIES)
-    by_rank = tuple(sorted(range(len(table)), key=lambda kind: (family(kind), kind)))
-    rank = torch.empty(len(table), dtype=torch.int64)
-    rank[list(by_rank)] = torch.arange(len(table))
+        return _FAMILIES.index(_OPS[kind][0]) if _OPS[kind] is not None else len(_FAMILIES)
+    by_rank = tuple(sorted(range(len(_OPS)), key=lambda kind: (family(kind), kind)))
+    rank = torch.empty(len(_OPS), dtype=torch.int64)
+    rank[list(by_rank)] = torch.arange(len(_OPS))
     return rank, by_rank
 
 
-def _schedule_slots(kinds: list[torch.Tensor], params: list[torch.Tensor], table, send: list[torch.Tensor],
-                    affine: list[torch.Tensor] | None = None) -> tuple[list, int]:
-    """The half of applying op table[kinds[slot][i]] with params[slot][i] to sample i, slot after slot, that
-    depends on the CPU plan alone: each slot's row order and its ops' row spans. Tensors the device will need are
-    appended to `send` and named by their position there (all sent in one copy: `transfer.to_device`).
-    affine[slot] holds each sample's [6] PIL affine data for the slot (where the table has affine ops). Returns
-    (slots, the final restoring order).
+def _schedule_slots(kinds: torch.Tensor, params: torch.Tensor, send: list[torch.Tensor]) -> tuple[list, int]:
+    """The half of applying op _OPS[kinds[i, slot]] with params[i, slot] to row i, slot after slot, that depends
+    on the CPU plan alone ([rows, slots] int64 and float64): each slot's row order and its ops' row spans.
+    Tensors the device will need are appended to `send` and named by their position there (all sent in one copy:
+    `transfer.to_device`). Returns (slots, the final restoring order).
 
-    Before each slot the batch is reordered so that the samples of one family, and within it of one op, are
+    Before each slot the batch is reordered so that the rows of one family, and within it of one op, are
     contiguous (one gather of the whole batch); each family then reads and writes its own slice, with no per-op
     index_select/index_copy. The original order is restored once at the end.
     """
-    n = len(kinds[0])
-    rank, by_rank = _family_order(table)
-    held = torch.arange(n)  # held[j] = the sample now in row j
+    rank, by_rank = _family_order()
+    affine = _affine_coeffs(kinds, params)  # [rows, slots, 6]: all affine data of the call in one go
+    held = torch.arange(len(kinds))  # held[j] = the row now in position j
     slots = []
-    for slot, (slot_kinds, slot_params) in enumerate(zip(kinds, params)):
-        current = rank[slot_kinds[held]]
+    for slot in range(kinds.shape[1]):
+        current = rank[kinds[held, slot]]
         order = torch.argsort(current, stable=True)
         held = held[order]
-        counts = torch.bincount(current, minlength=len(table)).tolist()
-        sorted_params = slot_params[held]  # row j's parameters; each op sends a slice of it
+        counts = torch.bincount(current, minlength=len(_OPS)).tolist()
+        sorted_params = params[held, slot]  # position j's parameters; each op sends a slice of it
         ops, affine_rows, start = [], [], 0  # ops: (family, rows, fn, name of its parameters)
         for kind, count in zip(by_rank, counts):
             rows = slice(start, start + count)
             start += count
-            if not count or table[kind] is None:
+            if not count or _OPS[kind] is None:
                 continue
-            family, fn = table[kind]
+            family, fn = _OPS[kind]
             if family == "affine":
                 affine_rows.append(rows)  # the affine ops of a slot are one gather: merged below
             else:
                 ops.append((family, rows, fn, _add(send, sorted_params[rows])))
         if affine_rows:
             rows = slice(affine_rows[0].start, affine_rows[-1].stop)
-            ops.append(("affine", rows, None, _add(send, affine[slot][held[rows]])))
+            ops.append(("affine", rows, None, _add(send, affine[held[rows], slot])))
         slots.append((_add(send, order), ops))
     return slots, _add(send, torch.argsort(held))
 
@@ -572,53 +579,63 @@ def _add(send: list[torch.Tensor], tensor: torch.Tensor) -> int:
     return len(send) - 1
 
 
-def _jitter_schedule(plan: ViewPlan, send: list[torch.Tensor]) -> tuple[list, int]:
-    """ColorJitter of the weak view: four slots, each sample's ops in its drawn order (no-op id 4 where the jitter
-    was not drawn)."""
-    kinds = [torch.where(plan.jitter, plan.jitter_order[:, position], 4) for position in range(4)]
-    return _schedule_slots(kinds, [plan.jitter_factors] * 4, _JITTER_OPS, send)
+def _jitter_slots(plan: ViewPlan) -> tuple[torch.Tensor, torch.Tensor]:
+    """ColorJitter of the weak view as four slots ([B, 4] op ids and factors): each sample's adjustments in its
+    drawn order, Identity where the jitter was not drawn."""
+    kinds = torch.where(plan.jitter[:, None], _JITTER_KINDS[plan.jitter_order], _IDENTITY)
+    return kinds, plan.jitter_factors.gather(1, plan.jitter_order)
 
 
-def _randaugment_schedule(ops: torch.Tensor, magnitudes: torch.Tensor, send: list[torch.Tensor]
-                          ) -> tuple[list, int]:
-    """The strong view's three RandAugment slots: op ids and magnitudes [B, 3] (CPU)."""
-    affine = _affine_coeffs(ops, magnitudes)
-    return _schedule_slots(list(ops.T), list(magnitudes.T), _STRONG_OPS, send, list(affine.unbind(1)))
+def _apply_slots(x: torch.Tensor, kinds: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    send: list[torch.Tensor] = []
+    schedule = _schedule_slots(kinds, params, send)
+    return _run_slots(x, schedule, to_device(send, x.device))
 
 
 def color_jitter(x: torch.Tensor, plan: ViewPlan) -> torch.Tensor:
-    send: list[torch.Tensor] = []
-    schedule = _jitter_schedule(plan, send)
-    return _run_slots(x, schedule, to_device(send, x.device))
+    return _apply_slots(x, *_jitter_slots(plan))
 
 
 def randaugment(x: torch.Tensor, ops: torch.Tensor, magnitudes: torch.Tensor) -> torch.Tensor:
-    send: list[torch.Tensor] = []
-    schedule = _randaugment_schedule(ops, magnitudes, send)
-    return _run_slots(x, schedule, to_device(send, x.device))
+    """The strong view's three RandAugment slots: op ids and magnitudes [B, 3] (CPU)."""
+    return _apply_slots(x, ops, magnitudes)
 
 
 def _views(images: torch.Tensor, plan: ViewPlan, weak: bool = True, strong: bool = True) -> list[torch.Tensor]:
-    """The views asked for, with everything they need from the CPU plan sent to the device in one copy."""
-    send: list[torch.Tensor] = []
+    """The views asked for, with everything they need from the CPU plan sent to the device in one copy.
+
+    Both views run as one batch of 2B rows (weak, then strong): one crop call, and four op slots whose calls
+    cover both views' rows (the jitter's four, RandAugment's three and an Identity): the same pixels as running
+    the views one after the other, with a fifth fewer tensor ops (kernel launches on a GPU) per call."""
+    n = len(images)
+    crops, kinds, params = [], [], []
     if weak:
-        weak_crop = _add(send, _crop_index(plan.weak_box, plan.weak_flip))
-        jitter = _jitter_schedule(plan, send)
+        crops.append(_crop_index(plan.weak_box, plan.weak_flip))
+        jitter_kinds, jitter_params = _jitter_slots(plan)
+        kinds.append(jitter_kinds)
+        params.append(jitter_params)
+    if strong:
+        crops.append(_crop_index(plan.strong_box, plan.strong_flip))
+        kinds.append(plan.ops)
+        params.append(plan.magnitudes)
+    slots = max(k.shape[1] for k in kinds)
+    kinds = torch.cat([torch.nn.functional.pad(k, (0, slots - k.shape[1]), value=_IDENTITY) for k in kinds])
+    params = torch.cat([torch.nn.functional.pad(p, (0, slots - p.shape[1])) for p in params])
+    send: list[torch.Tensor] = []
+    crop = _add(send, torch.cat(crops, dim=1))
+    schedule = _schedule_slots(kinds, params, send)
+    if weak:
         gray = _add(send, plan.gray.nonzero()[:, 0])
     if strong:
-        strong_crop = _add(send, _crop_index(plan.strong_box, plan.strong_flip))
-        augment = _randaugment_schedule(plan.ops, plan.magnitudes, send)
         cutout_boxes = _add(send, plan.cutout)
     sent = to_device(send, images.device)
+    x = _run_slots(_resized_crops(_crop_source(images), sent[crop]), schedule, sent)
     out = []
-    source = _crop_source(images)
     if weak:
-        x = _run_slots(_resized_crop(source, sent[weak_crop]), jitter, sent)
-        rows = sent[gray]
-        out.append(x.index_copy_(0, rows, grayscale(x.index_select(0, rows))))
+        rows = sent[gray]  # the weak rows come first
+        out.append(x[:n].index_copy_(0, rows, grayscale(x.index_select(0, rows))))
     if strong:
-        x = _run_slots(_resized_crop(source, sent[strong_crop]), augment, sent)
-        out.append(cutout(x, sent[cutout_boxes]))
+        out.append(cutout(x[n:] if weak else x, sent[cutout_boxes]))
     return out
 
 
