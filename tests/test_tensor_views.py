@@ -187,6 +187,8 @@ def test_batch_equals_single(cifar):
     for i in range(len(x)):
         w, s = T.views(x[i:i + 1], plan.select(i))
         assert w[0].equal(weak[i]) and s[0].equal(strong[i])
+    # both views share one batch of rows: neither depends on the other being made alongside it
+    assert T.weak_views(x, plan).equal(weak) and T.strong_views(x, plan).equal(strong)
 
 
 @needs_cifar

@@ -606,7 +606,7 @@ def _views(images: torch.Tensor, plan: ViewPlan, weak: bool = True, strong: bool
 
     Both views run as one batch of 2B rows (weak, then strong): one crop call, and four op slots whose calls
     cover both views' rows (the jitter's four, RandAugment's three and an Identity): the same pixels as running
-    the views one after the other, with a fifth fewer tensor ops (kernel launches on a GPU) per call."""
+    the views one after the other, with about a sixth fewer tensor ops (kernel launches on a GPU) per call."""
     n = len(images)
     crops, kinds, params = [], [], []
     if weak:
