@@ -176,9 +176,9 @@ def _level_blend(degenerate: torch.Tensor | float, factor: torch.Tensor) -> torc
     return _blend(degenerate, levels, factor).view(-1, 1, 256)
 
 
-def _brightness_lut(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """ImageEnhance.Brightness: blend with black."""
-    return _level_blend(0.0, factor.to(x.device))
+def _brightness_lut(factor: torch.Tensor) -> torch.Tensor:
+    """ImageEnhance.Brightness: blend with black (a table of the factor alone, built where the factor is)."""
+    return _level_blend(0.0, factor)
 
 
 def _contrast_lut(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -189,7 +189,7 @@ def _contrast_lut(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 
 def brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return _apply_luts(x, _brightness_lut(x, factor))
+    return _apply_luts(x, _brightness_lut(factor).to(x.device))
 
 
 def contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -392,17 +392,16 @@ def _equalize_lut(x: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tenso
     return _to_lut(torch.where(step > 0, equalized, levels))
 
 
-def _posterize_lut(x: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+def _posterize_lut(magnitude: torch.Tensor) -> torch.Tensor:
     """ImageOps.posterize(img, int(v)): keep the top int(v) bits."""
-    magnitude = magnitude.to(x.device, non_blocking=True)
     mask = 255 & ~((1 << (8 - magnitude.to(torch.int64))) - 1)
-    return (torch.arange(256, device=x.device) & mask[:, None]).to(torch.uint8).view(-1, 1, 256)
+    return (torch.arange(256, device=magnitude.device) & mask[:, None]).to(torch.uint8).view(-1, 1, 256)
 
 
-def _solarize_lut(x: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+def _solarize_lut(magnitude: torch.Tensor) -> torch.Tensor:
     """ImageOps.solarize(img, v): invert levels >= v, i.e. levels >= ceil(v)."""
-    levels = torch.arange(256, device=x.device)
-    threshold = torch.ceil(magnitude.to(x.device, non_blocking=True)).clamp(0, 256).to(torch.int64)
+    levels = torch.arange(256, device=magnitude.device)
+    threshold = torch.ceil(magnitude).clamp(0, 256).to(torch.int64)
     return torch.where(levels >= threshold[:, None], 255 - levels, levels).to(torch.uint8).view(-1, 1, 256)
 
 
@@ -415,11 +414,11 @@ def equalize(x: torch.Tensor) -> torch.Tensor:
 
 
 def posterize(x: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
-    return _apply_luts(x, _posterize_lut(x, magnitude))
+    return _apply_luts(x, _posterize_lut(magnitude).to(x.device))
 
 
 def solarize(x: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
-    return _apply_luts(x, _solarize_lut(x, magnitude))
+    return _apply_luts(x, _solarize_lut(magnitude).to(x.device))
 
 
 # ------------------------------------------------------------------------------------------------ affine ops
@@ -479,25 +478,28 @@ def _affine_coeffs(ops: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------------------ views
 
-# An op is (family, fn). The samples of one slot are grouped by family so each family costs one batched call:
-# "lut": fn(images, params) -> a uint8 [m, 3 or 1, 256] table per sample (every per-level map: brightness and
-#        contrast blend with a constant, autocontrast, equalize, posterize, solarize), applied in one lookup;
+# An op is (family, fn). The samples of one slot are grouped by family so each family costs one batched call.
+# Every per-level map is a uint8 [m, 3 or 1, 256] table per sample, and a slot's tables are applied in one lookup:
+# "table": fn(params) -> tables that depend on the plan alone (brightness's blend with black, posterize,
+#          solarize): built on the host with the schedule and sent with the rest, no device work to make them;
+# "lut": fn(images, params) -> tables that depend on the pixels (contrast's blend with the mean, autocontrast,
+#        equalize), built on the device;
 # "affine": rotate, shear, translate, applied in one gather from PIL affine data computed for all slots at once;
 # "image": fn(images, params) -> new images (color, sharpness, hue: they need each pixel's neighbours/channels).
 # One table serves both views: RandAugment's ops by OP_ID, then ColorJitter's hue. The jitter's other three
 # adjustments are RandAugment's Brightness, Contrast and Color (the same ImageEnhance calls) with the jitter's
 # factor as magnitude, so a batch's weak and strong rows share each slot's calls.
-_FAMILIES = ("lut", "affine", "image")
+_FAMILIES = ("table", "lut", "affine", "image")
 _OPS = tuple({
     "AutoContrast": ("lut", _autocontrast_lut),
-    "Brightness": ("lut", _brightness_lut),
+    "Brightness": ("table", _brightness_lut),
     "Color": ("image", color),
     "Contrast": ("lut", _contrast_lut),
     "Equalize": ("lut", _equalize_lut),
     "Identity": None,
-    "Posterize": ("lut", _posterize_lut),
+    "Posterize": ("table", _posterize_lut),
     "Sharpness": ("image", sharpness),
-    "Solarize": ("lut", _solarize_lut),
+    "Solarize": ("table", _solarize_lut),
     **{name: ("affine", None) for name in ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY")},
 }[name] for name in OP_ID) + (("image", hue),)
 _IDENTITY = OP_ID["Identity"]
@@ -545,6 +547,8 @@ def _schedule_slots(kinds: torch.Tensor, params: torch.Tensor, send: list[torch.
             family, fn = _OPS[kind]
             if family == "affine":
                 affine_rows.append(rows)  # the affine ops of a slot are one gather: merged below
+            elif family == "table":
+                ops.append((family, rows, None, _add(send, fn(sorted_params[rows]))))
             else:
                 ops.append((family, rows, fn, _add(send, sorted_params[rows])))
         if affine_rows:
@@ -559,12 +563,12 @@ def _run_slots(x: torch.Tensor, schedule: tuple[list, int], sent: list[torch.Ten
     slots, restore = schedule
     for order, ops in slots:
         x = x.index_select(0, sent[order])
-        luts = [op for op in ops if op[0] == "lut"]  # first in family order: rows [0, end)
+        luts = [op for op in ops if op[0] in ("table", "lut")]  # first in family order: rows [0, end)
         if luts:
             end = luts[-1][1].stop
             tables = torch.empty(end, 3, 256, dtype=torch.uint8, device=x.device)
-            for _, rows, fn, name in luts:
-                tables[rows] = fn(x[rows], sent[name])
+            for family, rows, fn, name in luts:
+                tables[rows] = sent[name] if family == "table" else fn(x[rows], sent[name])
             _apply_luts(x[:end], tables, out=x[:end])
         for family, rows, fn, name in ops:
             if family == "affine":
