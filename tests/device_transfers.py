@@ -18,6 +18,7 @@ class DeviceTransfers:
     def __init__(self):
         self.to_device: list[str] = []
         self.to_host: list[str] = []
+        self.device_ops: list[str] = []  # every op on the device but views and allocations: a GPU's kernel launches
         self._modes = (_Copies(self), _HostData(self))
 
     def __enter__(self) -> DeviceTransfers:
@@ -31,6 +32,8 @@ class DeviceTransfers:
 
 
 class _Copies(TorchDispatchMode):
+    ALLOCATIONS = (torch.ops.aten.empty.memory_format, torch.ops.aten.empty_strided.default)
+
     def __init__(self, record: DeviceTransfers):
         super().__init__()
         self.record = record
@@ -43,6 +46,8 @@ class _Copies(TorchDispatchMode):
             self.record.to_device.append(str(func))
         if "meta" in devices_in and "cpu" in devices_out:
             self.record.to_host.append(str(func))
+        if "meta" in devices_in | devices_out and not func.is_view and func not in self.ALLOCATIONS:
+            self.record.device_ops.append(str(func))
         return out
 
 
