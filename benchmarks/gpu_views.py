@@ -84,11 +84,14 @@ def synchronising_calls(args, run) -> collections.Counter:
 def shared(args, trials: int) -> float:
     """Total samples/s of `trials` tensor trials in separate processes on the same device. Each child prepares and
     warms up, says so, and starts timing only when the parent has heard from all of them: the timed windows
-    overlap (each runs `--seconds`), so the sum is what the device sustains with that many trials on it."""
+    overlap (each runs `--seconds`), so the sum is what the device sustains with that many trials on it. Each
+    gets its share of the CPU cores as torch threads, as a sweep's trials do (Ray sets OMP_NUM_THREADS to a trial's
+    CPUs): with every child on all cores, their thread pools fight over them."""
     cmd = [sys.executable, __file__, "--_child", "--device", args.device, "--data-root", args.data_root,
            "--arch", args.arch, "--batch", str(args.batch), "--precision", args.precision,
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--seconds", str(args.seconds),
-           "--view-call-samples", str(args.view_call_samples)]
+           "--view-call-samples", str(args.view_call_samples),
+           "--threads", str(max(1, (os.cpu_count() or 1) // trials))]
     procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(trials)]
     for proc in procs:
         if proc.stdout.readline().strip() != "ready":
@@ -116,9 +119,12 @@ def main() -> None:
     p.add_argument("--trials", type=int, nargs="+", default=[1, 2, 4], help="tensor trials sharing the device")
     p.add_argument("--view-call-samples", type=int, default=DeviceTrainBatches.VIEW_CALL_SAMPLES,
                    help="samples per tensor views call (the batch size: one call per batch)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     DeviceTrainBatches.VIEW_CALL_SAMPLES = args.view_call_samples
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args._child:
         run = prepare(args, "tensor", 0)
         print("ready", flush=True)
