@@ -10,10 +10,11 @@ How it stays fast and close to PIL:
   the samples of one op family are contiguous, and each family is one batched call on its slice. Every per-level
   map (brightness and contrast, which blend with a per-sample constant, autocontrast, equalize, posterize,
   solarize) becomes a per-sample 256-entry table, and all of a slot's tables are applied in one lookup; the five
-  affine ops are one gather.
+  affine ops are one gather. The weak and strong views are one batch of rows, so a slot's calls serve both.
 - The host never waits for the device: what a call needs from the CPU plan (row orders, crop matrix rows,
-  per-sample factors, affine data, boxes) is scheduled first and sent in one pinned copy, and nothing is read
-  back (tests/test_tensor_views.py counts the copies on the meta device).
+  per-sample factors, affine data, the tables of the plan alone, boxes) is scheduled first and sent in one
+  pinned copy, and nothing is read back (tests/test_tensor_views.py counts the copies, and the device's ops, on
+  the meta device).
 - PIL's integer arithmetic is mirrored: ImageEnhance's blend in float32 with truncation, RGB->L with PIL's
   16-bit fixed-point weights, the 3x3 SMOOTH kernel with PIL's rounding, HSV in PIL's float/double mix (through
   small tables factored out of it, see `_hue_tables`), per-sample histograms for autocontrast/equalize.
