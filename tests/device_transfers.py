@@ -1,4 +1,5 @@
-"""Host <-> device copies, counted without a GPU: run the code on the "meta" device under two modes."""
+"""Host <-> device copies and the device's ops, counted without a GPU: run the code on the "meta" device under
+two modes."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ class DeviceTransfers:
     return one on the other (`.to`, `copy_`, CPU index tensors), and tensors built from host data straight on the
     device (`torch.tensor(data, device=...)`, `as_tensor`), which the dispatch level does not show. On "meta" there
     is no data, so no GPU is needed, and any read of a value back to the host (`.item()`, `.tolist()`, a bool
-    test) raises: code that runs there to the end made no such read; `to_host` catches explicit copies."""
+    test) raises: code that runs there to the end made no such read; `to_host` catches explicit copies.
+    `device_ops` lists every op on the device but views and allocations: what a GPU would launch as kernels."""
 
     def __init__(self):
         self.to_device: list[str] = []
         self.to_host: list[str] = []
-        self.device_ops: list[str] = []  # every op on the device but views and allocations: a GPU's kernel launches
+        self.device_ops: list[str] = []
         self._modes = (_Copies(self), _HostData(self))
 
     def __enter__(self) -> DeviceTransfers:
